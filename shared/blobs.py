@@ -1,0 +1,168 @@
+"""Blob Storage: the naming scheme of every blob the app writes, and a thin client over it.
+
+One module owns the layout so that a newcomer (and the Event Grid filter in ``infra/``) finds it
+in one place. Names are deterministic: derived from run ids, chunk ids, model-set ids and
+Event Hubs sequence numbers, never from the wall clock, so re-running anything overwrites the
+same blobs instead of adding copies.
+
+Containers (names from settings)::
+
+    models       sets/<set_id>.<ext>                        many models per file
+    chunks       runs/<run_id>/<chunk_id>.parquet           features for the scoring step
+    predictions  runs/<run_id>/<chunk_id>.predictions.parquet  <- the blob trigger fires here
+                 runs/<run_id>/<chunk_id>.errors.parquet    per-sensor failures (written first)
+    deadletters  <source>/<key>.jsonl                       rejected events/rows with reasons
+    reports      runs/<run_id>/report.html
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobServiceClient, ContentSettings
+
+from shared.settings import Connection, Settings
+
+PREDICTIONS_SUFFIX = ".predictions.parquet"
+ERRORS_SUFFIX = ".errors.parquet"
+_RUN_CHUNK = re.compile(r"^runs/(?P<run_id>[A-Za-z0-9_.-]+)/(?P<chunk_id>[A-Za-z0-9_-]+)")
+
+
+def chunk_blob(run_id: str, chunk_id: str) -> str:
+    return f"runs/{run_id}/{chunk_id}.parquet"
+
+
+def run_prefix(run_id: str) -> str:
+    """The folder of a run in the chunks and predictions containers."""
+    return f"runs/{run_id}/"
+
+
+def predictions_blob(run_id: str, chunk_id: str) -> str:
+    return f"runs/{run_id}/{chunk_id}{PREDICTIONS_SUFFIX}"
+
+
+def errors_blob(run_id: str, chunk_id: str) -> str:
+    return f"runs/{run_id}/{chunk_id}{ERRORS_SUFFIX}"
+
+
+def model_set_blob(file_name: str) -> str:
+    return f"sets/{file_name}"
+
+
+def deadletter_blob(source: str, key: str) -> str:
+    return f"{source}/{key}.jsonl"
+
+
+def report_blob(run_id: str) -> str:
+    return f"runs/{run_id}/report.html"
+
+
+@dataclass(frozen=True)
+class PredictionsName:
+    run_id: str
+    chunk_id: str
+
+
+def parse_predictions_blob(name: str) -> PredictionsName | None:
+    """Run and chunk of a predictions blob name (with or without the container), else None."""
+    name = name.split("/", 1)[1] if not name.startswith("runs/") and "/" in name else name
+    if not name.endswith(PREDICTIONS_SUFFIX):
+        return None
+    match = _RUN_CHUNK.match(name[: -len(PREDICTIONS_SUFFIX)])
+    if match is None or match.end() != len(name) - len(PREDICTIONS_SUFFIX):
+        return None
+    return PredictionsName(match["run_id"], match["chunk_id"])
+
+
+def service_client(connection: Connection) -> BlobServiceClient:
+    """A blob service client from a connection string or an identity-based connection."""
+    if connection.connection_string:
+        return BlobServiceClient.from_connection_string(connection.connection_string)
+    if not connection.endpoint:
+        raise ValueError(
+            f"{connection.name} is not configured: set it to a connection string, or set "
+            f"{connection.name}__accountName or {connection.name}__blobServiceUri"
+        )
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    credential = (
+        ManagedIdentityCredential(client_id=connection.client_id)
+        if connection.client_id
+        else DefaultAzureCredential()
+    )
+    return BlobServiceClient(account_url=connection.endpoint, credential=credential)
+
+
+class BlobStore:
+    """The few blob operations the app needs, over one storage account."""
+
+    def __init__(self, client: BlobServiceClient):
+        self.client = client
+        self._ensured: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BlobStore:
+        return cls(service_client(settings.storage))
+
+    def ensure_container(self, container: str) -> None:
+        if container in self._ensured:
+            return
+        with contextlib.suppress(ResourceExistsError):
+            self.client.create_container(container)
+        self._ensured.add(container)
+
+    def upload(
+        self, container: str, name: str, data: bytes, content_type: str | None = None
+    ) -> str:
+        """Write (overwrite) a blob; returns its ETag."""
+        self.ensure_container(container)
+        settings = ContentSettings(content_type=content_type) if content_type else None
+        result = self.client.get_blob_client(container, name).upload_blob(
+            data, overwrite=True, content_settings=settings, max_concurrency=2
+        )
+        return result["etag"]
+
+    def upload_file(self, container: str, name: str, path: Path) -> str:
+        self.ensure_container(container)
+        with open(path, "rb") as handle:
+            result = self.client.get_blob_client(container, name).upload_blob(
+                handle, overwrite=True, max_concurrency=2
+            )
+        return result["etag"]
+
+    def download(self, container: str, name: str) -> bytes:
+        return self.client.get_blob_client(container, name).download_blob().readall()
+
+    def download_to(self, container: str, name: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:
+            self.client.get_blob_client(container, name).download_blob(max_concurrency=2).readinto(
+                handle
+            )
+
+    def exists(self, container: str, name: str) -> bool:
+        return self.client.get_blob_client(container, name).exists()
+
+    def etag(self, container: str, name: str) -> str | None:
+        try:
+            return self.client.get_blob_client(container, name).get_blob_properties().etag
+        except ResourceNotFoundError:
+            return None
+
+    def list(self, container: str, prefix: str = "") -> list[str]:
+        try:
+            return [
+                b.name
+                for b in self.client.get_container_client(container).list_blobs(
+                    name_starts_with=prefix
+                )
+            ]
+        except ResourceNotFoundError:
+            return []
+
+    def url(self, container: str, name: str) -> str:
+        return self.client.get_blob_client(container, name).url

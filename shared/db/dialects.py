@@ -1,0 +1,74 @@
+"""Dialect-specific SQL as SQLAlchemy constructs, compiled per engine.
+
+Two things differ between SQLite, PostgreSQL and SQL Server here:
+
+* time bucketing: :class:`epoch_seconds` turns a timestamp column into whole seconds since
+  1970-01-01 UTC, from which a bucket index is an integer division;
+* insert-if-absent: :func:`insert_if_absent` builds an executemany-able INSERT that skips rows
+  whose key already exists (``ON CONFLICT DO NOTHING`` on SQLite/PostgreSQL, ``INSERT ... SELECT
+  ... WHERE NOT EXISTS`` on SQL Server, which has no ON CONFLICT).
+
+Tests compile every statement for ``mssql+pyodbc`` as well as running it on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import BigInteger, Table, and_, bindparam, exists, insert, literal_column, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
+
+
+class epoch_seconds(FunctionElement):
+    """Whole seconds since the Unix epoch of a naive-UTC timestamp expression."""
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "epoch_seconds"
+
+
+@compiles(epoch_seconds, "sqlite")
+def _epoch_sqlite(element, compiler, **kw):
+    (arg,) = element.clauses
+    return f"CAST(strftime('%s', {compiler.process(arg, **kw)}) AS INTEGER)"
+
+
+@compiles(epoch_seconds, "postgresql")
+def _epoch_postgresql(element, compiler, **kw):
+    (arg,) = element.clauses
+    return f"CAST(floor(extract(epoch FROM {compiler.process(arg, **kw)})) AS BIGINT)"
+
+
+@compiles(epoch_seconds, "mssql")
+def _epoch_mssql(element, compiler, **kw):
+    (arg,) = element.clauses
+    return f"DATEDIFF_BIG(second, CAST('1970-01-01' AS DATETIME2), {compiler.process(arg, **kw)})"
+
+
+def bucket_index(ts: ColumnElement, bucket_seconds: int) -> ColumnElement:
+    """Integer bucket number of ``ts`` for buckets of ``bucket_seconds`` aligned to the epoch.
+
+    ``bucket_seconds`` is an int from validated settings, rendered as a literal so that the
+    GROUP BY expression is textually identical to the SELECT one (SQL Server requires it).
+    """
+    seconds = int(bucket_seconds)
+    return epoch_seconds(ts) / literal_column(str(seconds), BigInteger())
+
+
+def insert_if_absent(table: Table, key_columns: Sequence[str], dialect_name: str):
+    """An INSERT of all ``table`` columns that does nothing for rows whose key exists.
+
+    Execute it with a list of dicts (executemany). Returns the statement for ``dialect_name``.
+    """
+    names = [c.name for c in table.columns if not (c.autoincrement is True and c.primary_key)]
+    if dialect_name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(key_columns))
+    if dialect_name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(key_columns))
+    # SQL Server: INSERT INTO t (cols) SELECT ?, ?, ... WHERE NOT EXISTS (key match).
+    params = {name: bindparam(name, type_=table.c[name].type) for name in names}
+    key_match = and_(*(table.c[k] == params[k] for k in key_columns))
+    source = select(*(params[n] for n in names)).where(~exists().where(key_match))
+    return insert(table).from_select(names, source)

@@ -1,0 +1,48 @@
+"""Applying the Alembic migrations, from code (the CLI's ``db upgrade`` and the tests).
+
+``alembic.ini`` at the repository root points at the same scripts for people who prefer the
+``alembic`` command; both take the database from the app's settings unless given a URL.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def alembic_config(engine: Engine | None = None, url: str | None = None) -> Config:
+    """An Alembic config for our scripts, bound to ``engine`` (online) or ``url`` (offline)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url)
+    if engine is not None:
+        config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the database behind ``engine`` up to ``revision`` (idempotent)."""
+    command.upgrade(alembic_config(engine), revision)
+
+
+def offline_sql(url: str, revision: str = "head") -> str:
+    """The migration as a SQL script for the dialect of ``url`` (``alembic upgrade --sql``)."""
+    buffer = io.StringIO()
+    config = alembic_config(url=url)
+    config.output_buffer = buffer
+    command.upgrade(config, revision, sql=True)
+    return buffer.getvalue()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

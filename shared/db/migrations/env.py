@@ -1,0 +1,53 @@
+"""Alembic environment: online against the app's engine, offline (--sql) for any dialect URL."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from shared.db.schema import metadata
+
+config = context.config
+
+
+def _run_offline() -> None:
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=metadata,
+        literal_binds=True,
+        render_as_batch=False,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _engine():
+    engine = config.attributes.get("engine")
+    if engine is not None:
+        return engine
+    url = config.get_main_option("sqlalchemy.url")
+    from shared.db.engine import engine_for_url, make_engine
+
+    if url:
+        return engine_for_url(url)
+    from shared.settings import Settings
+
+    return make_engine(Settings.from_env())
+
+
+def _run_online() -> None:
+    engine = _engine()
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
+
+
+if context.is_offline_mode():
+    _run_offline()
+else:
+    _run_online()

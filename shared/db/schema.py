@@ -1,0 +1,210 @@
+"""The SQL schema, in SQLAlchemy Core: one place for every table the app uses.
+
+Timestamps are naive UTC everywhere (``DATETIME2`` on SQL Server, ``timestamp`` on PostgreSQL,
+ISO text on SQLite); the code converts at the edges. Identifiers (device, sensor) are bounded
+strings validated on ingestion, because they later become blob path segments.
+
+Schema changes go through Alembic (``shared/db/migrations``); a test checks that the migrations
+produce exactly this metadata.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+ID_LENGTH = 64
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _id(name: str, nullable: bool = False) -> Column:
+    return Column(name, String(ID_LENGTH), nullable=nullable)
+
+
+# Raw readings. The key leads with ts: the scheduled run and training both read a time range for
+# many sensors, and ingestion appends in time order, so one clustered B-tree serves inserts,
+# window scans and the duplicate check (SQLite: WITHOUT ROWID; SQL Server: clustered PK).
+readings = Table(
+    "readings",
+    metadata,
+    Column("ts", DateTime(), nullable=False),
+    _id("device"),
+    _id("sensor"),
+    Column("value", Float(), nullable=False),
+    PrimaryKeyConstraint("ts", "device", "sensor", name="pk_readings"),
+    sqlite_with_rowid=False,
+)
+
+# One row per model set blob: many models packed in one file, written once per training run, so
+# a run loads a few files instead of one blob per sensor.
+model_sets = Table(
+    "model_sets",
+    metadata,
+    Column("set_id", String(64), primary_key=True),
+    Column("format", String(32), nullable=False),
+    Column("blob_path", String(512), nullable=False),
+    Column("n_models", Integer(), nullable=False),
+    Column("train_start", DateTime(), nullable=False),
+    Column("train_end", DateTime(), nullable=False),
+    Column("created_at", DateTime(), nullable=False),
+)
+
+# The registry: every version of every sensor's model.
+models = Table(
+    "models",
+    metadata,
+    _id("device"),
+    _id("sensor"),
+    Column("version", Integer(), nullable=False),
+    Column("set_id", String(64), nullable=False),
+    Column("format", String(32), nullable=False),
+    Column("blob_path", String(512), nullable=False),
+    Column("training_key", String(64), nullable=False),
+    Column("estimator", String(200), nullable=False),
+    Column("features", String(200), nullable=False),
+    Column("train_start", DateTime(), nullable=False),
+    Column("train_end", DateTime(), nullable=False),
+    Column("n_samples", Integer(), nullable=False),
+    Column("threshold", Float(), nullable=True),
+    Column("calibration", Text(), nullable=True),
+    Column("created_at", DateTime(), nullable=False),
+    PrimaryKeyConstraint("device", "sensor", "version", name="pk_models"),
+    # Re-training the same sensor on the same window with the same spec is a no-op.
+    UniqueConstraint("device", "sensor", "training_key"),
+    ForeignKeyConstraint(["set_id"], ["model_sets.set_id"]),
+)
+
+# Which version each sensor scores with. A separate table (not a flag on models) so that exactly
+# one version is active per sensor by construction, and rollback is one row update.
+active_models = Table(
+    "active_models",
+    metadata,
+    _id("device"),
+    _id("sensor"),
+    Column("version", Integer(), nullable=False),
+    Column("activated_at", DateTime(), nullable=False),
+    PrimaryKeyConstraint("device", "sensor", name="pk_active_models"),
+    ForeignKeyConstraint(
+        ["device", "sensor", "version"], ["models.device", "models.sensor", "models.version"]
+    ),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    # Unique run key: the window (and filters) a run covers. A double fire inserts nothing.
+    Column("run_key", String(255), nullable=False, unique=True),
+    Column("window_start", DateTime(), nullable=False),
+    Column("window_end", DateTime(), nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("executor", String(16), nullable=False),
+    Column("job_id", String(255), nullable=True),
+    Column("job_url", String(1000), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("filters", Text(), nullable=True),
+    Column("n_sensors", Integer(), nullable=False, default=0),
+    Column("n_sensors_without_model", Integer(), nullable=False, default=0),
+    Column("n_chunks", Integer(), nullable=False, default=0),
+    Column("n_chunks_recorded", Integer(), nullable=False, default=0),
+    Column("n_chunks_failed", Integer(), nullable=False, default=0),
+    Column("n_predictions", Integer(), nullable=False, default=0),
+    Column("n_anomalies", Integer(), nullable=False, default=0),
+    Column("n_sensor_errors", Integer(), nullable=False, default=0),
+    Column("timings", Text(), nullable=True),
+    Column("error", Text(), nullable=True),
+    Column("created_at", DateTime(), nullable=False),
+    Column("submitted_at", DateTime(), nullable=True),
+    Column("finished_at", DateTime(), nullable=True),
+    Column("updated_at", DateTime(), nullable=False),
+    Index(None, "status", "created_at"),
+    Index(None, "window_end"),
+)
+
+run_chunks = Table(
+    "run_chunks",
+    metadata,
+    Column("run_id", String(64), nullable=False),
+    Column("chunk_id", String(64), nullable=False),
+    Column("blob_path", String(512), nullable=False),
+    Column("n_sensors", Integer(), nullable=False),
+    Column("n_rows", Integer(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("predictions_blob", String(512), nullable=True),
+    Column("etag", String(128), nullable=True),
+    Column("n_predictions", Integer(), nullable=False, default=0),
+    Column("n_anomalies", Integer(), nullable=False, default=0),
+    Column("n_errors", Integer(), nullable=False, default=0),
+    Column("error", Text(), nullable=True),
+    Column("recorded_at", DateTime(), nullable=True),
+    PrimaryKeyConstraint("run_id", "chunk_id", name="pk_run_chunks"),
+    ForeignKeyConstraint(["run_id"], ["runs.run_id"]),
+)
+
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("run_id", String(64), nullable=False),
+    Column("chunk_id", String(64), nullable=False),
+    _id("device"),
+    _id("sensor"),
+    Column("bucket_start", DateTime(), nullable=False),
+    Column("count", Integer(), nullable=False),
+    Column("mean", Float(), nullable=True),
+    Column("min", Float(), nullable=True),
+    Column("max", Float(), nullable=True),
+    Column("std", Float(), nullable=True),
+    Column("score", Float(), nullable=False),
+    Column("is_anomaly", Boolean(), nullable=False),
+    Column("model_version", Integer(), nullable=False),
+    PrimaryKeyConstraint("run_id", "device", "sensor", "bucket_start", name="pk_predictions"),
+    Index(None, "device", "sensor", "bucket_start"),
+    Index(None, "run_id", "chunk_id"),
+)
+
+# Per-sensor and per-chunk problems of a run: failed sensors, sensors with data but no model,
+# chunks that could not be scored or recorded.
+run_errors = Table(
+    "run_errors",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=True),
+    Column("run_id", String(64), nullable=False),
+    Column("chunk_id", String(64), nullable=True),
+    _id("device", nullable=True),
+    _id("sensor", nullable=True),
+    Column("kind", String(32), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Index(None, "run_id", "chunk_id"),
+)
+
+# Pointers to dead-letter blobs (the blob holds the events; this row makes them queryable).
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("blob_path", String(512), primary_key=True),
+    Column("source", String(32), nullable=False),
+    Column("n_items", Integer(), nullable=False),
+    Column("first_reason", Text(), nullable=False),
+    Column("created_at", DateTime(), nullable=False),
+)

@@ -1,0 +1,100 @@
+"""Validating one reading: ``{"device": str, "sensor": str, "ts": ISO-8601, "value": number}``.
+
+Ids become blob path segments and SQL keys, so they are bounded (``ID_LENGTH``) and limited to a
+safe character set. Timestamps must parse, are taken as UTC when naive, and must fall within sane
+bounds (not before 2000, not more than a day in the future). Values must be finite numbers
+(booleans are rejected even though Python treats them as ints).
+
+The hot path validates ~10^5 readings a second, so ids already seen are remembered and the
+timestamp parser is the C ``datetime.fromisoformat``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from shared.db.schema import ID_LENGTH
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+EARLIEST = datetime(2000, 1, 1)
+FUTURE_TOLERANCE = timedelta(days=1)
+
+
+class Reading(NamedTuple):
+    """A valid reading; ``ts`` is naive UTC (the storage convention)."""
+
+    ts: datetime
+    device: str
+    sensor: str
+    value: float
+
+
+class InvalidReading(ValueError):
+    """A reading that cannot be stored; the message is the reason recorded in the dead letter."""
+
+
+_valid_ids: set[str] = set()
+
+
+def check_id(kind: str, value: Any) -> str:
+    if value in _valid_ids:
+        return value
+    if not isinstance(value, str):
+        raise InvalidReading(f"{kind} must be a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidReading(f"{kind} is empty")
+    if len(value) > ID_LENGTH:
+        raise InvalidReading(f"{kind} is longer than {ID_LENGTH} characters")
+    if ID_PATTERN.fullmatch(value) is None:
+        raise InvalidReading(
+            f"{kind} {value!r} has characters outside letters, digits, '_', '.', '-' "
+            "(or does not start with a letter or digit)"
+        )
+    if len(_valid_ids) < 1_000_000:
+        _valid_ids.add(value)
+    return value
+
+
+def parse_ts(value: Any, now: datetime | None = None) -> datetime:
+    """Parse an ISO-8601 timestamp into naive UTC, within sane bounds."""
+    if not isinstance(value, str):
+        raise InvalidReading(f"ts must be an ISO-8601 string, got {type(value).__name__}")
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidReading(f"ts {value!r} is not an ISO-8601 timestamp") from None
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC).replace(tzinfo=None)
+    if ts < EARLIEST:
+        raise InvalidReading(f"ts {value!r} is before {EARLIEST:%Y-%m-%d}")
+    latest = (now or datetime.now(UTC).replace(tzinfo=None)) + FUTURE_TOLERANCE
+    if ts > latest:
+        raise InvalidReading(f"ts {value!r} is more than a day in the future")
+    return ts
+
+
+def check_value(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidReading(f"value must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InvalidReading("value is not finite")
+    return value
+
+
+def validate_reading(item: Any, now: datetime | None = None) -> Reading:
+    """A :class:`Reading` from a decoded JSON object, or :class:`InvalidReading` with the reason."""
+    if not isinstance(item, dict):
+        raise InvalidReading(f"a reading must be a JSON object, got {type(item).__name__}")
+    missing = [k for k in ("device", "sensor", "ts", "value") if k not in item]
+    if missing:
+        raise InvalidReading(f"missing field(s): {', '.join(missing)}")
+    return Reading(
+        parse_ts(item["ts"], now),
+        check_id("device", item["device"]),
+        check_id("sensor", item["sensor"]),
+        check_value(item["value"]),
+    )

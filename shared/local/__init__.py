@@ -1,0 +1,1 @@
+"""Local operation: stand-ins for Azure services and the runner that drives the triggers."""

@@ -1,0 +1,321 @@
+"""The app's settings: one typed object read from the environment.
+
+The names are the Function App's app settings and the keys of ``local.settings.example.json``
+(the settings consistency test keeps the three in step). Every setting has a local default, so
+the app runs on this machine with no configuration at all: SQLite under ``DATA_DIR`` and the
+Azurite development storage account.
+
+A missing or malformed value raises :class:`SettingsError` naming the setting, at start-up rather
+than in the middle of a run.
+
+Connections follow the Functions host's conventions so that a binding and the SDK client made
+here read the *same* settings:
+
+* ``ScoringStorage`` is a connection string, or identity-based with
+  ``ScoringStorage__accountName`` / ``ScoringStorage__blobServiceUri`` (+ ``__credential`` and
+  ``__clientId`` for a user-assigned managed identity).
+* ``EventHubConnection`` is a connection string, or ``EventHubConnection__fullyQualifiedNamespace``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from croniter import croniter
+
+AZURITE_CONNECTION_STRING = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+)
+
+STORAGE_CONNECTION = "ScoringStorage"
+EVENTHUB_CONNECTION = "EventHubConnection"
+EXECUTORS = ("local", "azureml")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    """An app-setting connection: either a connection string or identity-based.
+
+    Attributes
+    ----------
+    name:
+        The setting prefix, e.g. ``ScoringStorage``.
+    connection_string:
+        The plain value of the setting, when given.
+    endpoint:
+        For identity-based connections: the blob service URI or the Event Hubs namespace.
+    client_id:
+        ``<name>__clientId`` for a user-assigned managed identity, else ``None``.
+    """
+
+    name: str
+    connection_string: str | None = None
+    endpoint: str | None = None
+    client_id: str | None = None
+
+    @property
+    def identity_based(self) -> bool:
+        return self.connection_string is None
+
+
+@dataclass(frozen=True)
+class AzureMLSettings:
+    """Where and how the ``azureml`` executor submits pipeline jobs."""
+
+    subscription_id: str = ""
+    resource_group: str = ""
+    workspace: str = ""
+    compute: str = "cpu-cluster"
+    vm_size: str = "Standard_D2as_v4"
+    min_nodes: int = 0
+    max_nodes: int = 4
+    idle_seconds: int = 300
+    tier: str = "dedicated"
+    max_steps: int = 4
+    experiment: str = "sensor-scoring"
+    environment: str = "sensor-scoring"
+    environment_version: str = "1"
+    base_image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
+    chunks_datastore: str = "chunks"
+    models_datastore: str = "models"
+    predictions_datastore: str = "predictions"
+
+    def require_workspace(self) -> None:
+        """Raise unless the workspace coordinates are all set (the executor needs them)."""
+        for setting, value in (
+            ("AZUREML_SUBSCRIPTION_ID", self.subscription_id),
+            ("AZUREML_RESOURCE_GROUP", self.resource_group),
+            ("AZUREML_WORKSPACE", self.workspace),
+        ):
+            if not value:
+                raise SettingsError(f"{setting} is required when EXECUTOR=azureml")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app reads from its environment. Build with :meth:`from_env`."""
+
+    data_dir: Path
+    sql_url: str
+    sql_server: str | None
+    sql_database: str | None
+    storage: Connection
+    eventhub: Connection
+    eventhub_name: str
+    eventhub_consumer_group: str
+    models_container: str
+    chunks_container: str
+    predictions_container: str
+    deadletter_container: str
+    reports_container: str
+    scoring_schedule: str
+    catchup_max_windows: int
+    max_window_hours: float
+    bucket_seconds: int
+    sensors_per_chunk: int
+    executor: str
+    local_workers: int
+    run_timeout_minutes: float
+    train_window_hours: float
+    min_training_buckets: int
+    target_false_alarm_rate: float
+    log_level: str
+    appinsights_connection_string: str | None
+    azureml: AzureMLSettings = field(default_factory=AzureMLSettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every setting; raise :class:`SettingsError` naming a bad one."""
+        env = os.environ if env is None else env
+        r = _Reader(env)
+        data_dir = Path(r.text("DATA_DIR", ".data")).expanduser()
+        sql_server = r.optional("SQL_SERVER")
+        sql_database = r.optional("SQL_DATABASE")
+        if sql_server and not sql_database:
+            raise SettingsError("SQL_DATABASE is required when SQL_SERVER is set")
+        default_url = f"sqlite:///{(data_dir / 'scoring.db').as_posix()}"
+        sql_url = r.text("SQL_URL", "" if sql_server else default_url)
+        schedule = r.text("SCORING_SCHEDULE", "0 0 * * * *")
+        if not _valid_ncrontab(schedule):
+            raise SettingsError(
+                f"SCORING_SCHEDULE={schedule!r} is not a six-field NCRONTAB expression "
+                "(second minute hour day month day-of-week)"
+            )
+        executor = r.choice("EXECUTOR", "local", EXECUTORS)
+        azureml = AzureMLSettings(
+            subscription_id=r.text("AZUREML_SUBSCRIPTION_ID", ""),
+            resource_group=r.text("AZUREML_RESOURCE_GROUP", ""),
+            workspace=r.text("AZUREML_WORKSPACE", ""),
+            compute=r.text("AZUREML_COMPUTE", AzureMLSettings.compute),
+            vm_size=r.text("AZUREML_VM_SIZE", AzureMLSettings.vm_size),
+            min_nodes=r.integer("AZUREML_MIN_NODES", 0, minimum=0),
+            max_nodes=r.integer("AZUREML_MAX_NODES", 4, minimum=1),
+            idle_seconds=r.integer("AZUREML_IDLE_SECONDS", 300, minimum=0),
+            tier=r.choice("AZUREML_TIER", "dedicated", ("dedicated", "low_priority")),
+            max_steps=r.integer("AZUREML_MAX_STEPS", 4, minimum=1),
+            experiment=r.text("AZUREML_EXPERIMENT", AzureMLSettings.experiment),
+            environment=r.text("AZUREML_ENVIRONMENT", AzureMLSettings.environment),
+            environment_version=r.text("AZUREML_ENVIRONMENT_VERSION", "1"),
+            base_image=r.text("AZUREML_BASE_IMAGE", AzureMLSettings.base_image),
+            chunks_datastore=r.text("AZUREML_CHUNKS_DATASTORE", "chunks"),
+            models_datastore=r.text("AZUREML_MODELS_DATASTORE", "models"),
+            predictions_datastore=r.text("AZUREML_PREDICTIONS_DATASTORE", "predictions"),
+        )
+        if azureml.min_nodes > azureml.max_nodes:
+            raise SettingsError("AZUREML_MIN_NODES must not exceed AZUREML_MAX_NODES")
+        if executor == "azureml":
+            azureml.require_workspace()
+        settings = cls(
+            data_dir=data_dir,
+            sql_url=sql_url,
+            sql_server=sql_server,
+            sql_database=sql_database,
+            storage=r.connection(STORAGE_CONNECTION, AZURITE_CONNECTION_STRING, "blobServiceUri"),
+            eventhub=r.connection(EVENTHUB_CONNECTION, None, "fullyQualifiedNamespace"),
+            eventhub_name=r.text("EVENTHUB_NAME", "readings"),
+            eventhub_consumer_group=r.text("EVENTHUB_CONSUMER_GROUP", "$Default"),
+            models_container=r.container("MODELS_CONTAINER", "models"),
+            chunks_container=r.container("CHUNKS_CONTAINER", "chunks"),
+            predictions_container=r.container("PREDICTIONS_CONTAINER", "predictions"),
+            deadletter_container=r.container("DEADLETTER_CONTAINER", "deadletters"),
+            reports_container=r.container("REPORTS_CONTAINER", "reports"),
+            scoring_schedule=schedule,
+            catchup_max_windows=r.integer("CATCHUP_MAX_WINDOWS", 3, minimum=1),
+            max_window_hours=r.number("MAX_WINDOW_HOURS", 24.0, minimum=0.001),
+            bucket_seconds=r.integer("BUCKET_SECONDS", 60, minimum=1),
+            sensors_per_chunk=r.integer("SENSORS_PER_CHUNK", 1000, minimum=1),
+            executor=executor,
+            local_workers=r.integer("LOCAL_WORKERS", os.cpu_count() or 1, minimum=1),
+            run_timeout_minutes=r.number("RUN_TIMEOUT_MINUTES", 120.0, minimum=1.0),
+            train_window_hours=r.number("TRAIN_WINDOW_HOURS", 24.0, minimum=0.01),
+            min_training_buckets=r.integer("MIN_TRAINING_BUCKETS", 30, minimum=2),
+            target_false_alarm_rate=r.number(
+                "TARGET_FALSE_ALARM_RATE", 0.005, minimum=0.0, maximum=0.5
+            ),
+            log_level=r.choice(
+                "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True
+            ),
+            appinsights_connection_string=r.optional("APPLICATIONINSIGHTS_CONNECTION_STRING"),
+            azureml=azureml,
+        )
+        return settings
+
+    @property
+    def containers(self) -> tuple[str, ...]:
+        """Every blob container the app writes to (created on first use)."""
+        return (
+            self.models_container,
+            self.chunks_container,
+            self.predictions_container,
+            self.deadletter_container,
+            self.reports_container,
+        )
+
+    @property
+    def uses_azurite(self) -> bool:
+        """True when storage is the local emulator (the demo starts Azurite for it)."""
+        cs = self.storage.connection_string or ""
+        return "devstoreaccount1" in cs or cs.strip().lower() == "usedevelopmentstorage=true"
+
+
+def _valid_ncrontab(expr: str) -> bool:
+    fields = expr.split()
+    # croniter reads a sixth field as seconds only when told to; NCRONTAB puts seconds first.
+    if len(fields) != 6:
+        return False
+    return croniter.is_valid(" ".join(fields[1:] + fields[:1]), second_at_beginning=False)
+
+
+class _Reader:
+    """Reads typed values from an environment mapping; errors name the setting."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+
+    def optional(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    def text(self, name: str, default: str) -> str:
+        value = self.optional(name)
+        return default if value is None else value
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...], upper=False) -> str:
+        value = self.text(name, default)
+        value = value.upper() if upper else value.lower()
+        if value not in allowed:
+            raise SettingsError(f"{name}={value!r} must be one of {', '.join(allowed)}")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int | None = None) -> int:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        if minimum is not None and value < minimum:
+            raise SettingsError(f"{name}={value} must be at least {minimum}")
+        return value
+
+    def number(
+        self, name: str, default: float, minimum: float | None = None, maximum: float | None = None
+    ) -> float:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if not math.isfinite(value):
+            raise SettingsError(f"{name}={raw!r} is not a finite number")
+        if minimum is not None and value < minimum:
+            raise SettingsError(f"{name}={value} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise SettingsError(f"{name}={value} must be at most {maximum}")
+        return value
+
+    def container(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        # Azure's container naming rules: 3-63 chars, lowercase letters, digits, single hyphens.
+        ok = (
+            3 <= len(value) <= 63
+            and value[0].isalnum()
+            and value[-1].isalnum()
+            and "--" not in value
+            and all(c.islower() or c.isdigit() or c == "-" for c in value)
+        )
+        if not ok:
+            raise SettingsError(f"{name}={value!r} is not a valid blob container name")
+        return value
+
+    def connection(self, name: str, default: str | None, endpoint_key: str) -> Connection:
+        conn_str = self.optional(name)
+        client_id = self.optional(f"{name}__clientId")
+        credential = self.optional(f"{name}__credential")
+        if credential is not None and credential.lower() != "managedidentity":
+            raise SettingsError(f"{name}__credential={credential!r} must be 'managedidentity'")
+        if conn_str is not None:
+            return Connection(name, connection_string=conn_str, client_id=client_id)
+        endpoint = self.optional(f"{name}__{endpoint_key}")
+        if endpoint is None and endpoint_key == "blobServiceUri":
+            account = self.optional(f"{name}__accountName")
+            if account is not None:
+                endpoint = f"https://{account}.blob.core.windows.net"
+        if endpoint is not None:
+            return Connection(name, endpoint=endpoint, client_id=client_id)
+        return Connection(name, connection_string=default, client_id=client_id)
