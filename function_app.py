@@ -53,3 +53,82 @@ def ingest_readings(events: list[func.EventHubEvent]) -> None:
         events, ctx.engine, ctx.store, ctx.settings.deadletter_container, _partition(events)
     )
     log.info("ingest_readings done", extra=result.as_dict())
+
+
+# Timer: the scheduled run. NCRONTAB from SCORING_SCHEDULE; use_monitor so a missed occurrence is
+# still fired after a restart, and the service catches up older windows. A double fire is
+# harmless: each window has a unique run key. No retry policy: a failed window is recorded as a
+# failed run (retrying would find it there), and the next tick carries on.
+@app.function_name("scheduled_run")
+@app.schedule(
+    arg_name="timer", schedule="%SCORING_SCHEDULE%", run_on_startup=False, use_monitor=True
+)
+def scheduled_run(timer: func.TimerRequest) -> None:
+    from shared.runs.service import scheduled_tick
+
+    runs = scheduled_tick(get_context())
+    log.info(
+        "scheduled_run done", extra={"past_due": timer.past_due, "runs": [r.run_id for r in runs]}
+    )
+
+
+# Blob trigger on predictions files, through Event Grid (the only source Flex Consumption
+# supports, and immediate rather than polled). Delivered twice, recording changes nothing.
+@app.function_name("record_predictions")
+@app.blob_trigger(
+    arg_name="blob",
+    path="%PREDICTIONS_CONTAINER%/runs/{name}",
+    connection="ScoringStorage",
+    source=func.BlobSource.EVENT_GRID,
+)
+def record_predictions(blob: func.InputStream) -> None:
+    from shared.runs.recording import record_predictions_blob
+
+    etag = (blob.blob_properties or {}).get("ETag") if hasattr(blob, "blob_properties") else None
+    result = record_predictions_blob(get_context(), blob.name or "", blob.read(), etag)
+    log.info("record_predictions done", extra=result.__dict__)
+
+
+def _http(handler_name: str):
+    def call(req: func.HttpRequest) -> func.HttpResponse:
+        from shared import api
+
+        return api.handle(getattr(api, handler_name), get_context(), req)
+
+    return call
+
+
+@app.function_name("start_run")
+@app.route(route="runs", methods=["POST"])
+def start_run(req: func.HttpRequest) -> func.HttpResponse:
+    return _http("start_run_handler")(req)
+
+
+@app.function_name("list_runs")
+@app.route(route="runs", methods=["GET"])
+def list_runs(req: func.HttpRequest) -> func.HttpResponse:
+    return _http("list_runs_handler")(req)
+
+
+@app.function_name("get_run")
+@app.route(route="runs/{run_id}", methods=["GET"])
+def get_run(req: func.HttpRequest) -> func.HttpResponse:
+    return _http("get_run_handler")(req)
+
+
+@app.function_name("run_report")
+@app.route(route="runs/{run_id}/report", methods=["GET"])
+def run_report(req: func.HttpRequest) -> func.HttpResponse:
+    return _http("report_handler")(req)
+
+
+@app.function_name("list_anomalies")
+@app.route(route="anomalies", methods=["GET"])
+def list_anomalies(req: func.HttpRequest) -> func.HttpResponse:
+    return _http("anomalies_handler")(req)
+
+
+@app.function_name("openapi")
+@app.route(route="openapi.json", methods=["GET"])
+def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    return _http("openapi_handler")(req)

@@ -54,7 +54,7 @@ def bucket_index(ts: ColumnElement, bucket_seconds: int) -> ColumnElement:
     GROUP BY expression is textually identical to the SELECT one (SQL Server requires it).
     """
     seconds = int(bucket_seconds)
-    return epoch_seconds(ts) / literal_column(str(seconds), BigInteger())
+    return epoch_seconds(ts) // literal_column(str(seconds), BigInteger())
 
 
 def insert_if_absent(table: Table, key_columns: Sequence[str], dialect_name: str):

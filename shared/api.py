@@ -1,0 +1,515 @@
+"""The HTTP API for operators: start runs, watch them, query anomalies.
+
+Handlers take a real ``azure.functions.HttpRequest`` and return an ``HttpResponse``; the
+function adapters in ``function_app.py`` only pass them through. Every input is validated:
+a bad request gets a 4xx with a JSON ``{"error": "..."}`` that says what to fix. The OpenAPI
+description of these endpoints is :data:`OPENAPI` (served at ``/api/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import azure.functions as func
+from sqlalchemy import select
+
+from shared.clock import utcnow
+from shared.context import AppContext
+from shared.db.schema import predictions
+from shared.ingestion.validation import InvalidReading, check_id
+from shared.runs import records
+from shared.runs.reconcile import reconcile_run
+from shared.runs.records import RunFilters
+from shared.runs.service import RunRequestError, start_run
+from shared.runs.windows import Window, latest_window, window_ending
+
+log = logging.getLogger(__name__)
+
+MAX_LIST = 500
+START_FIELDS = {"window_end", "window_minutes", "devices", "sensors", "rerun"}
+FUTURE_TOLERANCE = timedelta(minutes=1)
+
+
+class BadRequest(ValueError):
+    """Invalid input; the message is returned to the caller with a 400."""
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(body, default=str, indent=1),
+        status_code=status,
+        mimetype="application/json",
+        headers=headers,
+    )
+
+
+def error(status: int, message: str) -> func.HttpResponse:
+    return _json({"error": message}, status)
+
+
+def handle(handler, ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
+    """Run a handler, turning validation errors into 400s and surprises into logged 500s."""
+    try:
+        return handler(ctx, req)
+    except (BadRequest, RunRequestError) as exc:
+        return error(400, str(exc))
+    except Exception:
+        log.exception("unhandled error in HTTP handler", extra={"url": req.url})
+        return error(500, "internal error; see the function's logs")
+
+
+def parse_time(name: str, value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be an ISO-8601 string")
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name}={value!r} is not an ISO-8601 timestamp") from None
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC).replace(tzinfo=None)
+    return ts
+
+
+def _limit(req: func.HttpRequest, default: int = 100) -> int:
+    raw = req.params.get("limit")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"limit={raw!r} is not an integer") from None
+    if not 1 <= value <= MAX_LIST:
+        raise BadRequest(f"limit must be between 1 and {MAX_LIST}")
+    return value
+
+
+def _id(kind: str, value: Any) -> str:
+    try:
+        return check_id(kind, value)
+    except InvalidReading as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _status_url(req: func.HttpRequest, run_id: str) -> str:
+    base = req.url.split("/api/", 1)[0] if "/api/" in req.url else ""
+    return f"{base}/api/runs/{run_id}"
+
+
+def parse_start_request(ctx: AppContext, body: dict[str, Any]) -> tuple[Window, RunFilters, bool]:
+    """Validate a start-run body into (window, filters, rerun); see OPENAPI for the fields."""
+    unknown = sorted(set(body) - START_FIELDS)
+    if unknown:
+        raise BadRequest(
+            f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(START_FIELDS))}"
+        )
+    now = utcnow()
+    schedule = ctx.settings.scoring_schedule
+    if "window_end" in body:
+        end = parse_time("window_end", body["window_end"])
+        if end > now + FUTURE_TOLERANCE:
+            raise BadRequest(f"window_end {end.isoformat()}Z is in the future")
+    else:
+        end = latest_window(schedule, now).end
+    if "window_minutes" in body:
+        minutes = body["window_minutes"]
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0:
+            raise BadRequest("window_minutes must be a positive number")
+        if minutes > ctx.settings.max_window_hours * 60:
+            raise BadRequest(
+                f"window_minutes={minutes:g} is longer than MAX_WINDOW_HOURS="
+                f"{ctx.settings.max_window_hours:g} hours"
+            )
+        window = Window(end - timedelta(minutes=minutes), end)
+    elif "window_end" in body:
+        window = (
+            window_ending(schedule, end)
+            if _on_schedule(schedule, end)
+            else Window(end - latest_window(schedule, now).length, end)
+        )
+    else:
+        window = latest_window(schedule, now)
+    devices = body.get("devices", [])
+    if not isinstance(devices, list):
+        raise BadRequest("devices must be a list of device ids")
+    sensors = body.get("sensors", [])
+    if not isinstance(sensors, list):
+        raise BadRequest('sensors must be a list of {"device": ..., "sensor": ...} objects')
+    pairs = []
+    for item in sensors:
+        if not isinstance(item, dict) or set(item) != {"device", "sensor"}:
+            raise BadRequest("each sensor must be an object with exactly device and sensor")
+        pairs.append((_id("device", item["device"]), _id("sensor", item["sensor"])))
+    rerun = body.get("rerun", False)
+    if not isinstance(rerun, bool):
+        raise BadRequest("rerun must be true or false")
+    filters = RunFilters(tuple(sorted({_id("device", d) for d in devices})), tuple(sorted(pairs)))
+    return window, filters, rerun
+
+
+def _on_schedule(schedule: str, end: datetime) -> bool:
+    from shared.runs.windows import last_occurrence
+
+    return last_occurrence(schedule, end) == end
+
+
+def start_run_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
+    raw = req.get_body() or b"{}"
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    window, filters, rerun = parse_start_request(ctx, body)
+    run, created = start_run(ctx, window, "http", filters, rerun=rerun)
+    url = _status_url(req, run.run_id)
+    return _json(
+        {
+            "run_id": run.run_id,
+            "status": run.status,
+            "created": created,
+            "status_url": url,
+            "window": run.as_dict()["window"],
+        },
+        202 if created else 200,
+        headers={"Location": url},
+    )
+
+
+def get_run_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
+    run_id = req.route_params.get("run_id", "")
+    run = records.get_run(ctx.engine, run_id)
+    if run is None:
+        return error(404, f"no run {run_id!r}")
+    run = reconcile_run(ctx, run)
+    body = run.as_dict()
+    body["errors"] = records.run_errors_of(ctx.engine, run_id, limit=100)
+    body["report_url"] = _status_url(req, run_id) + "/report"
+    return _json(body)
+
+
+def list_runs_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
+    status = req.params.get("status")
+    if status is not None and status not in records.STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(records.STATUSES)}")
+    runs = records.list_runs(ctx.engine, status=status, limit=_limit(req, 20))
+    return _json({"runs": [r.as_dict() for r in runs]})
+
+
+def anomalies_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
+    allowed = {"device", "sensor", "start", "end", "run_id", "limit"}
+    unknown = sorted(set(req.params) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown parameter(s): {', '.join(unknown)}")
+    query = select(predictions).where(predictions.c.is_anomaly.is_(True))
+    if "device" in req.params:
+        query = query.where(predictions.c.device == _id("device", req.params["device"]))
+    if "sensor" in req.params:
+        query = query.where(predictions.c.sensor == _id("sensor", req.params["sensor"]))
+    if "run_id" in req.params:
+        query = query.where(predictions.c.run_id == req.params["run_id"])
+    start = parse_time("start", req.params["start"]) if "start" in req.params else None
+    end = parse_time("end", req.params["end"]) if "end" in req.params else None
+    if start and end and start >= end:
+        raise BadRequest("start must be before end")
+    if start:
+        query = query.where(predictions.c.bucket_start >= start)
+    if end:
+        query = query.where(predictions.c.bucket_start < end)
+    query = query.order_by(
+        predictions.c.bucket_start.desc(), predictions.c.device, predictions.c.sensor
+    ).limit(_limit(req))
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return _json(
+        {
+            "anomalies": [
+                {
+                    **{k: v for k, v in r._mapping.items()},
+                    "bucket_start": r.bucket_start.isoformat() + "Z",
+                }
+                for r in rows
+            ]
+        }
+    )
+
+
+def openapi_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
+    return _json(OPENAPI)
+
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_RUN = {"$ref": "#/components/schemas/Run"}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "Sensor batch scoring",
+        "version": "1.0.0",
+        "description": "Start scoring runs, watch them and query anomalies. Every call needs a "
+        "function key (`code` query parameter or `x-functions-key` header).",
+    },
+    "servers": [{"url": "/api"}],
+    "security": [{"functionKey": []}, {"functionKeyQuery": []}],
+    "paths": {
+        "/runs": {
+            "post": {
+                "summary": "Start an on-demand run",
+                "operationId": "startRun",
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/StartRun"}}
+                    },
+                },
+                "responses": {
+                    "202": {
+                        "description": "Run created; poll status_url",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Started"}}
+                        },
+                    },
+                    "200": {
+                        "description": "A run for this window and filters exists already",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Started"}}
+                        },
+                    },
+                    "400": {
+                        "description": "Invalid request",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
+                },
+            },
+            "get": {
+                "summary": "List runs, newest first",
+                "operationId": "listRuns",
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": list(records.STATUSES)},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIST,
+                            "default": 20,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Runs",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"runs": {"type": "array", "items": _RUN}},
+                                }
+                            }
+                        },
+                    },
+                    "400": {
+                        "description": "Invalid request",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
+                },
+            },
+        },
+        "/runs/{run_id}": {
+            "get": {
+                "summary": "A run's status, counts, timings and errors",
+                "operationId": "getRun",
+                "parameters": [
+                    {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The run",
+                        "content": {"application/json": {"schema": _RUN}},
+                    },
+                    "404": {
+                        "description": "No such run",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
+                },
+            },
+        },
+        "/runs/{run_id}/report": {
+            "get": {
+                "summary": "The run's report: an HTML page with plots of anomalous sensors",
+                "operationId": "runReport",
+                "parameters": [
+                    {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "HTML report",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "404": {
+                        "description": "No such run",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
+                },
+            },
+        },
+        "/anomalies": {
+            "get": {
+                "summary": "Anomalous buckets, newest first",
+                "operationId": "listAnomalies",
+                "parameters": [
+                    {"name": "device", "in": "query", "schema": {"type": "string"}},
+                    {"name": "sensor", "in": "query", "schema": {"type": "string"}},
+                    {"name": "run_id", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "start",
+                        "in": "query",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "name": "end",
+                        "in": "query",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIST,
+                            "default": 100,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Anomalies",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "anomalies": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Prediction"},
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": {
+                        "description": "Invalid request",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
+                },
+            },
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
+            "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code"},
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "string"}},
+            },
+            "StartRun": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "window_end": {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "End (exclusive) of the window; default: "
+                        "the latest schedule occurrence",
+                    },
+                    "window_minutes": {
+                        "type": "number",
+                        "exclusiveMinimum": True,
+                        "minimum": 0,
+                        "description": "Window length; default: the schedule's interval",
+                    },
+                    "devices": {"type": "array", "items": {"type": "string"}},
+                    "sensors": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["device", "sensor"],
+                            "properties": {
+                                "device": {"type": "string"},
+                                "sensor": {"type": "string"},
+                            },
+                        },
+                    },
+                    "rerun": {
+                        "type": "boolean",
+                        "description": "Start a new attempt even if "
+                        "a run for this window and filters exists",
+                    },
+                },
+            },
+            "Started": {
+                "type": "object",
+                "properties": {
+                    "run_id": {"type": "string"},
+                    "status": {"type": "string"},
+                    "created": {"type": "boolean"},
+                    "status_url": {"type": "string"},
+                    "window": {"type": "object"},
+                },
+            },
+            "Run": {
+                "type": "object",
+                "properties": {
+                    "run_id": {"type": "string"},
+                    "status": {"type": "string", "enum": list(records.STATUSES)},
+                    "window": {
+                        "type": "object",
+                        "properties": {
+                            "start": {"type": "string", "format": "date-time"},
+                            "end": {"type": "string", "format": "date-time"},
+                        },
+                    },
+                    "trigger": {"type": "string"},
+                    "executor": {"type": "string"},
+                    "job_id": {"type": "string", "nullable": True},
+                    "job_url": {"type": "string", "nullable": True},
+                    "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+                    "error": {"type": "string", "nullable": True},
+                    "errors": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+            "Prediction": {
+                "type": "object",
+                "properties": {
+                    "run_id": {"type": "string"},
+                    "device": {"type": "string"},
+                    "sensor": {"type": "string"},
+                    "bucket_start": {"type": "string", "format": "date-time"},
+                    "count": {"type": "integer"},
+                    "mean": {"type": "number"},
+                    "min": {"type": "number"},
+                    "max": {"type": "number"},
+                    "std": {"type": "number"},
+                    "score": {"type": "number"},
+                    "is_anomaly": {"type": "boolean"},
+                    "model_version": {"type": "integer"},
+                },
+            },
+        },
+    },
+}

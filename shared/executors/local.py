@@ -1,0 +1,152 @@
+"""The ``local`` executor: the scoring step in a process pool on this machine (the default).
+
+Each shard of chunks goes to a worker process, which downloads its chunk blobs and the model
+sets they name into a temporary folder, runs ``scoring.score.score_chunks`` (the very function
+behind ``python -m scoring.score``), and uploads each chunk's errors file and then its
+predictions file to the predictions container, where the blob trigger records them.
+
+Scoring is synchronous: ``submit`` returns when every shard is done, with the job already in a
+final state. Workers are spawned, not forked: the parent holds SQL connections and Arrow thread
+pools that must not be duplicated into children.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.blobs import (
+    ERRORS_SUFFIX,
+    PREDICTIONS_SUFFIX,
+    BlobStore,
+    model_set_blob,
+    service_client,
+)
+from shared.executors.base import (
+    COMPLETED,
+    FAILED,
+    ChunkRef,
+    JobStatus,
+    ScoringJob,
+    Submission,
+    model_files_of,
+    shard_chunks,
+)
+from shared.settings import Connection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    chunks: int
+    sensors_scored: int
+    sensors_failed: int
+    rows: int
+    failed_chunks: list[str]
+    seconds: dict[str, float]
+
+
+def score_shard(
+    connection: Connection, job: ScoringJob, shard: int, chunks: list[ChunkRef]
+) -> ShardResult:
+    """Download, score and upload one shard (runs in a worker process)."""
+    from scoring.score import score_chunks
+
+    store = BlobStore(service_client(connection))
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix=f"{job.run_id}-s{shard}-") as tmp:
+        root = Path(tmp)
+        chunks_dir, models_dir, output_dir = root / "chunks", root / "models", root / "output"
+        started = time.perf_counter()
+        for chunk in chunks:
+            store.download_to(
+                job.chunks_container, chunk.blob, chunks_dir / f"{chunk.chunk_id}.parquet"
+            )
+        for name in model_files_of(chunks):
+            blob = model_set_blob(name)
+            if store.exists(job.models_container, blob):
+                store.download_to(job.models_container, blob, models_dir / name)
+            # A missing model set is not fatal here: its sensors fail, one by one, in scoring.
+        models_dir.mkdir(parents=True, exist_ok=True)
+        timings["download"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        summary = score_chunks(
+            chunks_dir,
+            models_dir,
+            output_dir,
+            chunk_files=[f"{c.chunk_id}.parquet" for c in chunks],
+        )
+        timings["score"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        for chunk in chunks:
+            # Errors first: the blob trigger fires on the predictions file and reads both.
+            for suffix in (ERRORS_SUFFIX, PREDICTIONS_SUFFIX):
+                path = output_dir / f"{chunk.chunk_id}{suffix}"
+                if path.exists():
+                    store.upload_file(
+                        job.predictions_container, f"{job.predictions_prefix}{path.name}", path
+                    )
+        timings["upload"] = time.perf_counter() - started
+    return ShardResult(
+        shard,
+        summary.chunks,
+        summary.sensors_scored,
+        summary.sensors_failed,
+        summary.rows_written,
+        list(summary.failed_chunks),
+        timings,
+    )
+
+
+class LocalExecutor:
+    """Scores a job's shards in ``workers`` processes; see the module docstring."""
+
+    name = "local"
+
+    def __init__(self, connection: Connection, workers: int):
+        self.connection = connection
+        self.workers = max(1, workers)
+        self.last_results: list[ShardResult] = []
+
+    def submit(self, job: ScoringJob) -> Submission:
+        job_id = f"local:{job.run_id}"
+        shards = shard_chunks(job.chunks, self.workers)
+        if not shards:
+            return Submission(job_id, COMPLETED, message="no chunks to score")
+        try:
+            if len(shards) == 1:
+                results = [score_shard(self.connection, job, 0, shards[0])]
+            else:
+                with ProcessPoolExecutor(
+                    max_workers=len(shards), mp_context=multiprocessing.get_context("spawn")
+                ) as pool:
+                    futures = [
+                        pool.submit(score_shard, self.connection, job, i, shard)
+                        for i, shard in enumerate(shards)
+                    ]
+                    results = [f.result() for f in futures]
+        except Exception as exc:  # noqa: BLE001 - the run records the failure with its reason
+            log.exception("local scoring failed", extra={"run_id": job.run_id})
+            return Submission(job_id, FAILED, message=f"{type(exc).__name__}: {exc}")
+        self.last_results = results
+        failed = [c for r in results for c in r.failed_chunks]
+        message = f"{len(failed)} chunk(s) unreadable: {', '.join(failed)}" if failed else None
+        return Submission(job_id, COMPLETED, message=message, failed_chunks=tuple(failed))
+
+    def status(self, job_id: str) -> JobStatus:
+        # Local jobs finish inside submit(); a job the reconciler still sees unfinished died
+        # with its process, and the run's stall timeout handles it.
+        return JobStatus(COMPLETED, "local jobs complete synchronously")
+
+    def cancel(self, job_id: str) -> None:
+        """Nothing to cancel: a local job is over by the time anyone could ask."""
+        return None

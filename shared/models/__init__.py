@@ -1,0 +1,1 @@
+"""Per-sensor models: training from SQL, the versioned registry, activation and rollback."""

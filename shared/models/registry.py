@@ -1,0 +1,188 @@
+"""The model registry: every version of every sensor's model, and which one is active.
+
+Rows live in SQL (``models``, ``model_sets``, ``active_models``); the models themselves live in
+model-set blobs (many models per file, see ``scoring.model_sets``), so a run downloads a few
+files for thousands of sensors instead of one blob per sensor.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select
+
+from shared.clock import utcnow
+from shared.db.schema import active_models, models
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be honoured (unknown version, nothing to roll back to)."""
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    device: str
+    sensor: str
+    version: int
+    model_file: str
+    format: str
+
+
+def active_models_for(
+    conn: Connection,
+    devices: Sequence[str] | None = None,
+    sensors: Sequence[tuple[str, str]] | None = None,
+) -> dict[tuple[str, str], ActiveModel]:
+    """The active model of every sensor (optionally filtered), keyed by (device, sensor)."""
+    query = select(
+        active_models.c.device,
+        active_models.c.sensor,
+        active_models.c.version,
+        models.c.blob_path,
+        models.c.format,
+    ).join(
+        models,
+        and_(
+            models.c.device == active_models.c.device,
+            models.c.sensor == active_models.c.sensor,
+            models.c.version == active_models.c.version,
+        ),
+    )
+    if devices:
+        query = query.where(active_models.c.device.in_(list(devices)))
+    out: dict[tuple[str, str], ActiveModel] = {}
+    wanted = set(map(tuple, sensors)) if sensors else None
+    for device, sensor, version, blob_path, fmt in conn.execute(query):
+        if wanted is not None and (device, sensor) not in wanted:
+            continue
+        out[(device, sensor)] = ActiveModel(
+            device, sensor, version, blob_path.rsplit("/", 1)[-1], fmt
+        )
+    return out
+
+
+def activate(conn: Connection, device: str, sensor: str, version: int) -> None:
+    """Make ``version`` the active model of a sensor (replacing any other)."""
+    exists = conn.execute(
+        select(func.count())
+        .select_from(models)
+        .where(models.c.device == device, models.c.sensor == sensor, models.c.version == version)
+    ).scalar_one()
+    if not exists:
+        raise RegistryError(f"no model version {version} for {device}/{sensor}")
+    conn.execute(
+        delete(active_models).where(
+            active_models.c.device == device, active_models.c.sensor == sensor
+        )
+    )
+    conn.execute(
+        insert(active_models).values(
+            device=device, sensor=sensor, version=version, activated_at=utcnow()
+        )
+    )
+
+
+def activate_many(conn: Connection, keys: Sequence[tuple[str, str, int]]) -> None:
+    """Activate many just-registered versions at once (bulk delete + insert)."""
+    if not keys:
+        return
+    conn.execute(
+        delete(active_models).where(
+            active_models.c.device == bindparam("d"), active_models.c.sensor == bindparam("s")
+        ),
+        [{"d": d, "s": s} for d, s, _ in keys],
+    )
+    now = utcnow()
+    conn.execute(
+        insert(active_models),
+        [{"device": d, "sensor": s, "version": v, "activated_at": now} for d, s, v in keys],
+    )
+
+
+def activate_version(engine: Engine, device: str, sensor: str, version: int) -> None:
+    with engine.begin() as conn:
+        activate(conn, device, sensor, version)
+
+
+def rollback(engine: Engine, device: str, sensor: str) -> int:
+    """Activate the version before the active one; returns it."""
+    with engine.begin() as conn:
+        current = conn.execute(
+            select(active_models.c.version).where(
+                active_models.c.device == device, active_models.c.sensor == sensor
+            )
+        ).scalar_one_or_none()
+        if current is None:
+            raise RegistryError(f"{device}/{sensor} has no active model to roll back from")
+        previous = conn.execute(
+            select(func.max(models.c.version)).where(
+                models.c.device == device,
+                models.c.sensor == sensor,
+                models.c.version < current,
+            )
+        ).scalar_one_or_none()
+        if previous is None:
+            raise RegistryError(f"{device}/{sensor} has no version before {current}")
+        activate(conn, device, sensor, previous)
+        return previous
+
+
+def list_versions(
+    engine: Engine, device: str | None = None, sensor: str | None = None, limit: int = 200
+) -> list[dict]:
+    """Registry rows, newest first, with an ``active`` flag."""
+    query = (
+        select(models, active_models.c.version.label("active_version"))
+        .outerjoin(
+            active_models,
+            and_(
+                active_models.c.device == models.c.device,
+                active_models.c.sensor == models.c.sensor,
+            ),
+        )
+        .order_by(models.c.device, models.c.sensor, models.c.version.desc())
+        .limit(limit)
+    )
+    if device:
+        query = query.where(models.c.device == device)
+    if sensor:
+        query = query.where(models.c.sensor == sensor)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    out = []
+    for r in rows:
+        item = {k: v for k, v in r._mapping.items() if k != "active_version"}
+        item["active"] = r.active_version == r.version
+        item["calibration"] = json.loads(r.calibration) if r.calibration else None
+        out.append(item)
+    return out
+
+
+def next_versions(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The next free version number of each sensor."""
+    highest = {
+        (d, s): v
+        for d, s, v in conn.execute(
+            select(models.c.device, models.c.sensor, func.max(models.c.version)).group_by(
+                models.c.device, models.c.sensor
+            )
+        )
+    }
+    return {key: highest.get(key, 0) + 1 for key in keys}
+
+
+def trained_with_key(conn: Connection, training_key: str) -> set[tuple[str, str]]:
+    """Sensors that already have a model from this training key (re-training is a no-op)."""
+    return {
+        (d, s)
+        for d, s in conn.execute(
+            select(models.c.device, models.c.sensor).where(models.c.training_key == training_key)
+        )
+    }
+
+
+def window_label(start: datetime, end: datetime) -> str:
+    return f"{start.isoformat()}/{end.isoformat()}"

@@ -1,0 +1,288 @@
+"""Training: fit every sensor's model from its buckets in SQL, calibrate, register, activate.
+
+For a training window ``[start, end)`` the features come from the same SQL aggregation the
+scheduled run uses (``shared.features``), so training and scoring see identical buckets. Sensors
+with fewer than ``MIN_TRAINING_BUCKETS`` buckets are skipped and reported, not fitted.
+
+Re-training is idempotent per *training key* (window + estimator + features + bucket length +
+false-alarm target): a sensor that already has a model from the same key is skipped, so
+re-running a training command adds nothing. Models of one training call are packed into model
+sets of up to ``MODELS_PER_SET`` models (one blob each), uploaded, then registered and activated
+in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from sqlalchemy import insert
+
+from shared.blobs import model_set_blob
+from shared.clock import utcnow
+from shared.context import AppContext
+from shared.db.schema import model_sets, models
+from shared.features import aggregate_features
+from shared.models.registry import activate_many, next_versions, trained_with_key
+
+log = logging.getLogger(__name__)
+
+MODELS_PER_SET = 10_000
+# Sensors fitted per task in the training pool: enough to amortise process hand-off.
+FIT_BATCH = 200
+
+
+def estimator_templates() -> dict[str, Callable[[], Any]]:
+    """Named estimators the CLI and API can train (the product is a template: add yours)."""
+    from sklearn.ensemble import IsolationForest
+    from sklearn.neighbors import LocalOutlierFactor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from scoring.modeling import default_estimator
+
+    return {
+        "ocsvm": default_estimator,
+        "isolation_forest": lambda: IsolationForest(n_estimators=100, random_state=0),
+        "lof": lambda: make_pipeline(
+            StandardScaler(), LocalOutlierFactor(n_neighbors=20, novelty=True)
+        ),
+    }
+
+
+@dataclass
+class TrainingReport:
+    training_key: str
+    window: tuple[datetime, datetime]
+    estimator: str
+    trained: list[tuple[str, str, int]] = field(default_factory=list)
+    already_trained: list[tuple[str, str]] = field(default_factory=list)
+    too_few_buckets: list[tuple[str, str, int]] = field(default_factory=list)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    model_sets: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "training_key": self.training_key,
+            "window": [self.window[0].isoformat(), self.window[1].isoformat()],
+            "estimator": self.estimator,
+            "trained": len(self.trained),
+            "already_trained": len(self.already_trained),
+            "too_few_buckets": [
+                {"device": d, "sensor": s, "buckets": n} for d, s, n in self.too_few_buckets
+            ],
+            "failed": [{"device": d, "sensor": s, "reason": r} for d, s, r in self.failed],
+            "model_sets": self.model_sets,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+
+def training_key(
+    start: datetime,
+    end: datetime,
+    estimator: str,
+    features: Sequence[str],
+    bucket_seconds: int,
+    target_rate: float,
+) -> str:
+    spec = json.dumps(
+        [start.isoformat(), end.isoformat(), estimator, list(features), bucket_seconds, target_rate]
+    )
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def _fit_batch(
+    batch: list[tuple[str, str, int, np.ndarray]],
+    features: tuple[str, ...],
+    estimator_name: str,
+    target_rate: float,
+) -> list[tuple[str, str, Any, str | None]]:
+    """Fit a batch of sensors (runs in a pool worker); returns (device, sensor, model, error)."""
+    from scoring.modeling import fit_sensor_model
+
+    template = estimator_templates()[estimator_name]
+    out = []
+    for device, sensor, version, X in batch:
+        try:
+            model = fit_sensor_model(
+                device,
+                sensor,
+                version,
+                X,
+                features=features,
+                estimator=template(),
+                target_false_alarm_rate=target_rate,
+            )
+            out.append((device, sensor, model, None))
+        except Exception as exc:  # noqa: BLE001 - one sensor's failure is reported, not fatal
+            out.append((device, sensor, None, f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def _per_sensor_matrices(
+    table: pa.Table, features: Sequence[str]
+) -> list[tuple[str, str, np.ndarray]]:
+    """Split the features table (sorted by device, sensor) into one matrix per sensor."""
+    if table.num_rows == 0:
+        return []
+    devices = table.column("device").to_numpy(zero_copy_only=False)
+    sensors = table.column("sensor").to_numpy(zero_copy_only=False)
+    X = np.column_stack([table.column(f).to_numpy().astype(np.float64) for f in features])
+    change = np.flatnonzero((devices[1:] != devices[:-1]) | (sensors[1:] != sensors[:-1])) + 1
+    bounds = np.concatenate([[0], change, [len(devices)]])
+    return [
+        (str(devices[a]), str(sensors[a]), X[a:b])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def train_models(
+    ctx: AppContext,
+    start: datetime,
+    end: datetime,
+    *,
+    devices: Sequence[str] | None = None,
+    sensors: Sequence[tuple[str, str]] | None = None,
+    estimator: str = "ocsvm",
+    features: Sequence[str] | None = None,
+    activate_new: bool = True,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrainingReport:
+    """Train, register and (by default) activate models for ``[start, end)``; see module doc."""
+    from scoring.features import DEFAULT_FEATURES
+    from scoring.model_sets import model_set_filename
+    from scoring.modeling import model_set_format, write_model_set
+
+    settings = ctx.settings
+    features = tuple(features or DEFAULT_FEATURES)
+    if estimator not in estimator_templates():
+        raise ValueError(
+            f"unknown estimator {estimator!r}; known: {', '.join(estimator_templates())}"
+        )
+    key = training_key(
+        start, end, estimator, features, settings.bucket_seconds, settings.target_false_alarm_rate
+    )
+    report = TrainingReport(key, (start, end), estimator)
+
+    started = time.perf_counter()
+    with ctx.engine.connect() as conn:
+        table = aggregate_features(conn, start, end, settings.bucket_seconds, devices, sensors)
+        done = trained_with_key(conn, key)
+    per_sensor = _per_sensor_matrices(table, features)
+    report.seconds["aggregate"] = time.perf_counter() - started
+
+    todo: list[tuple[str, str, np.ndarray]] = []
+    for device, sensor, X in per_sensor:
+        if (device, sensor) in done:
+            report.already_trained.append((device, sensor))
+        elif len(X) < settings.min_training_buckets:
+            report.too_few_buckets.append((device, sensor, len(X)))
+        else:
+            todo.append((device, sensor, X))
+    if not todo:
+        return report
+
+    started = time.perf_counter()
+    with ctx.engine.connect() as conn:
+        versions = next_versions(conn, [(d, s) for d, s, _ in todo])
+    batches = [
+        [(d, s, versions[(d, s)], X) for d, s, X in todo[i : i + FIT_BATCH]]
+        for i in range(0, len(todo), FIT_BATCH)
+    ]
+    fitted: list = []
+    workers = max(1, min(workers or settings.local_workers, len(batches)))
+    args = (features, estimator, settings.target_false_alarm_rate)
+    if workers == 1:
+        results = (_fit_batch(b, *args) for b in batches)
+        for batch_result in results:
+            fitted += batch_result
+            if progress:
+                progress(len(fitted), len(todo))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for batch_result in pool.map(_fit_batch, batches, *[[a] * len(batches) for a in args]):
+                fitted += batch_result
+                if progress:
+                    progress(len(fitted), len(todo))
+    report.seconds["fit"] = time.perf_counter() - started
+
+    good = [m for _, _, m, err in fitted if err is None]
+    report.failed = [(d, s, err) for d, s, _, err in fitted if err is not None]
+    started = time.perf_counter()
+    now = utcnow()
+    set_rows, model_rows = [], []
+    with tempfile.TemporaryDirectory(prefix="model-sets-") as tmp:
+        for part in range(0, len(good), MODELS_PER_SET):
+            members = good[part : part + MODELS_PER_SET]
+            fmt = model_set_format(members)
+            member_digest = hashlib.sha256(
+                "\n".join(f"{m.device}/{m.sensor}/{m.version}" for m in members).encode()
+            ).hexdigest()[:8]
+            set_id = f"set-{end:%Y%m%dT%H%M}-{key[:8]}-{member_digest}"
+            file_name = model_set_filename(set_id, fmt)
+            path = Path(tmp) / file_name
+            write_model_set(path, members, format=fmt)
+            blob = model_set_blob(file_name)
+            ctx.store.upload_file(settings.models_container, blob, path)
+            report.model_sets.append(file_name)
+            set_rows.append(
+                {
+                    "set_id": set_id,
+                    "format": fmt,
+                    "blob_path": blob,
+                    "n_models": len(members),
+                    "train_start": start,
+                    "train_end": end,
+                    "created_at": now,
+                }
+            )
+            model_rows += [
+                {
+                    "device": m.device,
+                    "sensor": m.sensor,
+                    "version": m.version,
+                    "set_id": set_id,
+                    "format": fmt,
+                    "blob_path": blob,
+                    "training_key": key,
+                    "estimator": estimator,
+                    "features": ",".join(m.features),
+                    "train_start": start,
+                    "train_end": end,
+                    "n_samples": int(m.calibration.get("n_samples", 0)),
+                    "threshold": float(m.threshold),
+                    "calibration": json.dumps(m.calibration, default=float),
+                    "created_at": now,
+                }
+                for m in members
+            ]
+    report.seconds["store"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    with ctx.engine.begin() as conn:
+        if set_rows:
+            conn.execute(insert(model_sets), set_rows)
+            conn.execute(insert(models), model_rows)
+        if activate_new:
+            activate_many(conn, [(m.device, m.sensor, m.version) for m in good])
+    report.trained = [(m.device, m.sensor, m.version) for m in good]
+    report.seconds["register"] = time.perf_counter() - started
+    log.info(
+        "trained models",
+        extra={"training": report.as_dict() | {"too_few_buckets": len(report.too_few_buckets)}},
+    )
+    return report
