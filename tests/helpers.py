@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from datetime import UTC, datetime
 
 import azure.functions as func
 
+from shared.local.host import functions, user_function  # noqa: F401 - re-exported
 
-@functools.cache
+
 def functions_by_name() -> dict:
-    # FunctionApp.get_functions() validates unique names and so may be called only once.
-    import function_app
-
-    return {f.get_function_name(): f for f in function_app.app.get_functions()}
-
-
-def user_function(name: str):
-    """The plain Python function the host would invoke for function ``name``."""
-    return functions_by_name()[name].get_user_function()
+    return functions()
 
 
 def event(body, sequence_number: int, partition: str = "0") -> func.EventHubEvent:

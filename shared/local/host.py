@@ -25,14 +25,16 @@ from shared.context import AppContext
 
 
 @functools.cache
-def _functions() -> dict:
+def functions() -> dict:
+    """The app's indexed functions by name (what the host's indexing sees)."""
     app = importlib.import_module("function_app").app
-    # get_functions() validates names and may run once per process.
-    return {f.get_function_name(): f.get_user_function() for f in app.get_functions()}
+    # get_functions() validates names and may run once per process: hence the cache.
+    return {f.get_function_name(): f for f in app.get_functions()}
 
 
 def user_function(name: str) -> Callable:
-    return _functions()[name]
+    """The plain Python function the host would invoke for function ``name``."""
+    return functions()[name].get_user_function()
 
 
 def deliver_events(

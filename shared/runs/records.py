@@ -311,8 +311,24 @@ def refresh_counts(conn: Connection, run_id: str) -> Run:
     done = int(totals.recorded or 0) + int(totals.failed or 0)
     if run is not None and not run.terminal and run.n_chunks and done >= run.n_chunks:
         if values["n_chunks_failed"] == run.n_chunks:
+            reasons = sorted(
+                {
+                    e
+                    for (e,) in conn.execute(
+                        select(run_chunks.c.error).where(
+                            run_chunks.c.run_id == run_id, run_chunks.c.status == CHUNK_FAILED
+                        )
+                    )
+                    if e
+                }
+            )
             values["status"] = FAILED
-            values["error"] = "every chunk failed; see the run's errors"
+            values["error"] = (
+                reasons[0]
+                if len(reasons) == 1
+                else f"every chunk failed ({len(reasons)} reasons; see the run's "
+                f"errors): {reasons[0] if reasons else 'unknown'}"
+            )
         elif values["n_chunks_failed"] or values["n_sensor_errors"]:
             values["status"] = PARTIAL
             values["error"] = (
