@@ -39,6 +39,22 @@ def context_fields(record: logging.LogRecord) -> dict:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD}
 
 
+def _telemetry_credential():
+    """Entra credential for Application Insights when local (key) auth is disabled.
+
+    ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING`` is ``ClientId=<id>;Authorization=AAD`` (the
+    Functions host's convention for the same setting): the app then sends telemetry as that
+    user-assigned managed identity. Unset, the connection string's key is used.
+    """
+    auth = os.environ.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "")
+    if "Authorization=AAD" not in auth:
+        return None
+    parts = dict(p.split("=", 1) for p in auth.split(";") if "=" in p)
+    from azure.identity import ManagedIdentityCredential
+
+    return ManagedIdentityCredential(client_id=parts.get("ClientId") or None)
+
+
 def configure_logging(
     level: str | None = None, stream=None, json_lines: bool | None = None
 ) -> None:
@@ -62,7 +78,9 @@ def configure_logging(
     if connection:
         from azure.monitor.opentelemetry import configure_azure_monitor
 
-        configure_azure_monitor(connection_string=connection, logger_name="")
+        configure_azure_monitor(
+            connection_string=connection, logger_name="", credential=_telemetry_credential()
+        )
     in_host = "FUNCTIONS_WORKER_RUNTIME" in os.environ
     if not in_host and stream is not None:
         handler = logging.StreamHandler(stream)

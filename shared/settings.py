@@ -89,6 +89,9 @@ class AzureMLSettings:
     chunks_datastore: str = "chunks"
     models_datastore: str = "models"
     predictions_datastore: str = "predictions"
+    # ARM id of the user-assigned identity the compute cluster runs as (a client id alone
+    # cannot attach an identity to a cluster).
+    identity_resource_id: str = ""
 
     def require_workspace(self) -> None:
         """Raise unless the workspace coordinates are all set (the executor needs them)."""
@@ -131,6 +134,8 @@ class Settings:
     target_false_alarm_rate: float
     log_level: str
     appinsights_connection_string: str | None
+    # The user-assigned managed identity's client id (DefaultAzureCredential reads it too).
+    azure_client_id: str | None = None
     azureml: AzureMLSettings = field(default_factory=AzureMLSettings)
 
     @classmethod
@@ -170,6 +175,7 @@ class Settings:
             chunks_datastore=r.text("AZUREML_CHUNKS_DATASTORE", "chunks"),
             models_datastore=r.text("AZUREML_MODELS_DATASTORE", "models"),
             predictions_datastore=r.text("AZUREML_PREDICTIONS_DATASTORE", "predictions"),
+            identity_resource_id=r.text("AZUREML_IDENTITY_RESOURCE_ID", ""),
         )
         if azureml.min_nodes > azureml.max_nodes:
             raise SettingsError("AZUREML_MIN_NODES must not exceed AZUREML_MAX_NODES")
@@ -206,6 +212,7 @@ class Settings:
                 "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True
             ),
             appinsights_connection_string=r.optional("APPLICATIONINSIGHTS_CONNECTION_STRING"),
+            azure_client_id=r.optional("AZURE_CLIENT_ID"),
             azureml=azureml,
         )
         return settings

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Column, Connection, Engine, MetaData, Table, select
 
 from shared.db.dialects import insert_if_absent
 from shared.db.schema import readings
@@ -69,13 +69,7 @@ def insert_readings(engine: Engine, batch: Sequence[Reading]) -> InsertCounts:
         else:
             inserted = 0
             for start in range(0, len(rows), INSERT_BATCH):
-                part = rows[start : start + INSERT_BATCH]
-                result = conn.execute(
-                    statement,
-                    [r._asdict() for r in part],
-                    execution_options={"preserve_rowcount": True},
-                )
-                inserted += _rowcount(result, len(part))
+                inserted += _insert_driver_level(conn, statement, rows[start : start + INSERT_BATCH])
             conflicts = _count_conflicts(conn, rows) if inserted < len(rows) else 0
     in_batch_conflicts = (
         sum(1 for r in batch if unique[(r.ts, r.device, r.sensor)].value != r.value)
@@ -94,8 +88,68 @@ def insert_readings(engine: Engine, batch: Sequence[Reading]) -> InsertCounts:
     return counts
 
 
-def _rowcount(result, attempted: int) -> int:
-    rowcount = result.rowcount
+def _insert_driver_level(conn: Connection, statement, rows: Sequence[Reading]) -> int:
+    """Execute the insert-if-absent statement through the DBAPI's own executemany.
+
+    The statement is the same SQLAlchemy construct, compiled once for the connection's dialect;
+    only the per-row parameter processing is skipped (it cost more than the insert itself:
+    ~5 us a row). SQLite stores SQLAlchemy ``DateTime`` as ISO text with microseconds, so the
+    timestamps are formatted exactly that way; psycopg adapts ``datetime`` natively.
+    """
+    compiled = statement.compile(dialect=conn.dialect)
+    if conn.dialect.name == "sqlite":
+        if list(compiled.positiontup) != list(Reading._fields):
+            raise RuntimeError(f"unexpected parameter order {compiled.positiontup}")
+        params = [
+            (r.ts.isoformat(sep=" ", timespec="microseconds"), r.device, r.sensor, r.value)
+            for r in rows
+        ]
+    elif conn.dialect.name == "postgresql":
+        return _insert_postgresql_copy(conn, rows)
+    else:
+        params = [r._asdict() for r in rows]
+    cursor = conn.exec_driver_sql(str(compiled), params)
+    return _checked_count(cursor.rowcount, len(rows))
+
+
+# PostgreSQL's fastest bulk path: COPY into a session-local staging table, then one
+# INSERT ... SELECT ... ON CONFLICT DO NOTHING (the same insert-if-absent, set-based).
+_PG_STAGE = Table(
+    "readings_stage",
+    MetaData(),
+    *(Column(c.name, c.type) for c in readings.columns),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DELETE ROWS",
+)
+
+
+def _insert_postgresql_copy(conn: Connection, rows: Sequence[Reading]) -> int:
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateTable
+
+    dialect = conn.dialect
+    create = str(CreateTable(_PG_STAGE, if_not_exists=True).compile(dialect=dialect))
+    names = [c.name for c in _PG_STAGE.columns]
+    move = (
+        postgresql.insert(readings)
+        .from_select(names, select(*_PG_STAGE.columns))
+        .on_conflict_do_nothing(index_elements=list(KEY))
+    )
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(create)
+        with cursor.copy(f"COPY {_PG_STAGE.name} ({', '.join(names)}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(r)
+        cursor.execute(str(move.compile(dialect=dialect)))
+        inserted = cursor.rowcount
+        cursor.execute(f"TRUNCATE {_PG_STAGE.name}")
+    finally:
+        cursor.close()
+    return _checked_count(inserted, len(rows))
+
+
+def _checked_count(rowcount: int | None, attempted: int) -> int:
     if rowcount is None or rowcount < 0:
         raise RuntimeError("the database driver did not report inserted row counts")
     return min(rowcount, attempted)

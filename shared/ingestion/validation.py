@@ -63,7 +63,10 @@ def parse_ts(value: Any, now: datetime | None = None) -> datetime:
     if not isinstance(value, str):
         raise InvalidReading(f"ts must be an ISO-8601 string, got {type(value).__name__}")
     try:
-        ts = datetime.fromisoformat(value)
+        if value.endswith("Z"):  # the common case: UTC already, no conversion needed
+            ts = datetime.fromisoformat(value[:-1])
+        else:
+            ts = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidReading(f"ts {value!r} is not an ISO-8601 timestamp") from None
     if ts.tzinfo is not None:
@@ -87,14 +90,17 @@ def check_value(value: Any) -> float:
 
 def validate_reading(item: Any, now: datetime | None = None) -> Reading:
     """A :class:`Reading` from a decoded JSON object, or :class:`InvalidReading` with the reason."""
-    if not isinstance(item, dict):
-        raise InvalidReading(f"a reading must be a JSON object, got {type(item).__name__}")
-    missing = [k for k in ("device", "sensor", "ts", "value") if k not in item]
-    if missing:
-        raise InvalidReading(f"missing field(s): {', '.join(missing)}")
-    return Reading(
-        parse_ts(item["ts"], now),
-        check_id("device", item["device"]),
-        check_id("sensor", item["sensor"]),
-        check_value(item["value"]),
-    )
+    try:
+        return Reading(
+            parse_ts(item["ts"], now),
+            check_id("device", item["device"]),
+            check_id("sensor", item["sensor"]),
+            check_value(item["value"]),
+        )
+    except (KeyError, TypeError):
+        if not isinstance(item, dict):
+            raise InvalidReading(
+                f"a reading must be a JSON object, got {type(item).__name__}"
+            ) from None
+        missing = [k for k in ("device", "sensor", "ts", "value") if k not in item]
+        raise InvalidReading(f"missing field(s): {', '.join(missing)}") from None

@@ -1,0 +1,189 @@
+// The Function App on the Flex Consumption plan (FC1), Python 3.11, running as the shared
+// user-assigned identity. Every connection is identity-based (`__credential: managedidentity` +
+// `__clientId`); no key or connection string is stored anywhere.
+//
+// ALL app settings live in the single `appSettings` object below, one `NAME: value` per line.
+// tests/ parse it and compare the names with the settings the code reads (shared/settings.py) and
+// with local.settings.example.json: add or rename a setting in all three places at once.
+// FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION are deliberately absent: Flex
+// Consumption rejects them (the runtime is functionAppConfig.runtime). DATA_DIR and SQL_URL are
+// local-only settings and are not set here.
+
+param name string
+param planName string
+param location string = resourceGroup().location
+param tags object = {}
+
+@description('Tags for the site only (azd finds the service by `azd-service-name`).')
+param serviceTags object = {}
+
+param storageAccountName string
+param deploymentContainerName string
+
+param identityId string
+param identityClientId string
+
+param applicationInsightsName string
+
+param eventHubFullyQualifiedNamespace string
+param eventHubName string = 'readings'
+param eventHubConsumerGroup string = 'scoring'
+
+param sqlServerFqdn string
+param sqlDatabaseName string
+
+param azureMLWorkspaceName string
+param azureMLComputeName string = 'cpu-cluster'
+param azureMLVmSize string = 'Standard_D2as_v4'
+param azureMLMinNodes int = 0
+param azureMLMaxNodes int = 4
+param azureMLIdleSeconds int = 300
+
+@allowed([
+  'Dedicated'
+  'LowPriority'
+])
+param azureMLVmPriority string = 'Dedicated'
+
+@description('Upper bound of Flex Consumption instances.')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 100
+
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+var appSettings = {
+  AzureWebJobsStorage__accountName: storage.name
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identityClientId
+  ScoringStorage__accountName: storage.name
+  ScoringStorage__credential: 'managedidentity'
+  ScoringStorage__clientId: identityClientId
+  EventHubConnection__fullyQualifiedNamespace: eventHubFullyQualifiedNamespace
+  EventHubConnection__credential: 'managedidentity'
+  EventHubConnection__clientId: identityClientId
+  EVENTHUB_NAME: eventHubName
+  EVENTHUB_CONSUMER_GROUP: eventHubConsumerGroup
+  SQL_SERVER: sqlServerFqdn
+  SQL_DATABASE: sqlDatabaseName
+  MODELS_CONTAINER: 'models'
+  CHUNKS_CONTAINER: 'chunks'
+  PREDICTIONS_CONTAINER: 'predictions'
+  DEADLETTER_CONTAINER: 'deadletters'
+  REPORTS_CONTAINER: 'reports'
+  SCORING_SCHEDULE: '0 0 * * * *'
+  CATCHUP_MAX_WINDOWS: '3'
+  MAX_WINDOW_HOURS: '24'
+  BUCKET_SECONDS: '60'
+  SENSORS_PER_CHUNK: '1000'
+  EXECUTOR: 'azureml'
+  LOCAL_WORKERS: '2'
+  RUN_TIMEOUT_MINUTES: '120'
+  TRAIN_WINDOW_HOURS: '24'
+  MIN_TRAINING_BUCKETS: '30'
+  TARGET_FALSE_ALARM_RATE: '0.005'
+  LOG_LEVEL: 'INFO'
+  APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  AZURE_CLIENT_ID: identityClientId
+  AZUREML_SUBSCRIPTION_ID: subscription().subscriptionId
+  AZUREML_RESOURCE_GROUP: resourceGroup().name
+  AZUREML_WORKSPACE: azureMLWorkspaceName
+  AZUREML_COMPUTE: azureMLComputeName
+  AZUREML_VM_SIZE: azureMLVmSize
+  AZUREML_MIN_NODES: string(azureMLMinNodes)
+  AZUREML_MAX_NODES: string(azureMLMaxNodes)
+  AZUREML_IDLE_SECONDS: string(azureMLIdleSeconds)
+  AZUREML_TIER: azureMLVmPriority == 'LowPriority' ? 'low_priority' : 'dedicated'
+  AZUREML_MAX_STEPS: '4'
+  AZUREML_EXPERIMENT: 'sensor-scoring'
+  AZUREML_ENVIRONMENT: 'sensor-scoring'
+  AZUREML_ENVIRONMENT_VERSION: '1'
+  AZUREML_BASE_IMAGE: 'mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest'
+  AZUREML_CHUNKS_DATASTORE: 'chunks'
+  AZUREML_MODELS_DATASTORE: 'models'
+  AZUREML_PREDICTIONS_DATASTORE: 'predictions'
+  AZUREML_IDENTITY_RESOURCE_ID: identityId
+  // Stream Analytics is the primary ingestion path (Event Hubs -> SQL). The Event Hubs-triggered
+  // function is its fallback and writes the same table: enable it (set 'false') only while the
+  // Stream Analytics job is stopped, or both would store every reading.
+  'AzureWebJobs.ingest_readings.Disabled': 'true'
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  tags: union(tags, serviceTags)
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    siteConfig: {
+      minTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+
+  resource settings 'config' = {
+    name: 'appsettings'
+    properties: appSettings
+  }
+}
+
+output id string = functionApp.id
+output name string = functionApp.name
+output defaultHostName string = functionApp.properties.defaultHostName
+output uri string = 'https://${functionApp.properties.defaultHostName}'

@@ -1,0 +1,68 @@
+// The Function App's storage account. It holds the Functions host state (AzureWebJobsStorage),
+// the deployment package container, and the product's containers (models, chunks, predictions,
+// deadletters, reports). Shared-key access is disabled: every client (Functions host, app code,
+// Azure ML cluster, operators' CLI) authenticates with Microsoft Entra ID.
+
+param name string
+param location string = resourceGroup().location
+param tags object = {}
+
+@description('Blob containers to create: the deployment package container and the product containers.')
+param containerNames array
+
+@description('Days a deleted blob stays recoverable (soft delete).')
+@minValue(1)
+@maxValue(365)
+param blobSoftDeleteDays int = 7
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: name
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    accessTier: 'Hot'
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    allowCrossTenantReplication: false
+    defaultToOAuthAuthentication: true
+    dnsEndpointType: 'Standard'
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      // Event Grid, Azure ML and the Flex Consumption platform reach the account over public
+      // endpoints; identity (RBAC) is the access boundary, not the network.
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    deleteRetentionPolicy: {
+      enabled: true
+      days: blobSoftDeleteDays
+    }
+  }
+}
+
+resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [
+  for containerName in containerNames: {
+    parent: blobService
+    name: containerName
+    properties: {
+      publicAccess: 'None'
+    }
+  }
+]
+
+output id string = storage.id
+output name string = storage.name
+output primaryBlobEndpoint string = storage.properties.primaryEndpoints.blob
