@@ -237,6 +237,16 @@ def anomalies_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpRespon
     )
 
 
+def report_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
+    from shared.report import build_run_report
+
+    run_id = req.route_params.get("run_id", "")
+    page = build_run_report(ctx, run_id)
+    if page is None:
+        return error(404, f"no run {run_id!r}")
+    return func.HttpResponse(page, status_code=200, mimetype="text/html", charset="utf-8")
+
+
 def openapi_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
     return _json(OPENAPI)
 

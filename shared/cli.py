@@ -424,16 +424,23 @@ def cmd_anomalies(args, settings: Settings) -> int:
 
 
 def cmd_report(args, settings: Settings) -> int:
-    from shared.report import build_run_report
+    from shared.blobs import report_blob
+    from shared.report import build_run_report, build_runs_overview
 
     with LocalServices(settings) as ctx:
-        html = build_run_report(ctx, args.run_id)
-    if html is None:
+        if args.run_id is None:
+            page, name = build_runs_overview(ctx), "runs"
+        else:
+            page, name = build_run_report(ctx, args.run_id), args.run_id
+            if page is not None:
+                ctx.store.upload(settings.reports_container, report_blob(args.run_id),
+                                 page.encode(), "text/html; charset=utf-8")
+    if page is None:
         print(f"no run {args.run_id!r}", file=sys.stderr)
         return 2
-    out = Path(args.out or settings.data_dir / "reports" / f"{args.run_id}.html")
+    out = Path(args.out or settings.data_dir / "reports" / f"{name}.html")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html)
+    out.write_text(page)
     print(f"report written to {out}")
     return 0
 
@@ -561,8 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_anomalies)
 
-    p = sub.add_parser("report", help="write a run's HTML report")
-    p.add_argument("run_id")
+    p = sub.add_parser("report", help="write a run's HTML report (no RUN_ID: all recent runs)")
+    p.add_argument("run_id", nargs="?")
     p.add_argument("--out", help="file (default DATA_DIR/reports/<run_id>.html)")
     p.set_defaults(func=cmd_report)
 

@@ -1,0 +1,192 @@
+"""Run reports: an HTML page per run that a person would rather look at than read.
+
+The page shows the run's status, window, counts and time per stage, a table of the sensors with
+anomalies, one plot per anomalous sensor (bucket mean as a line, the min-max range as a band,
+flagged buckets as red dots), and the run's errors. Plots are inline SVG drawn here: the page
+has no scripts and no external assets, so it renders the same from a blob, a browser or an
+e-mail, with no network. An overview page lists recent runs the same way.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+
+from shared.context import AppContext
+from shared.db.schema import predictions
+from shared.runs import records
+
+MAX_PLOTS = 40
+WIDTH, HEIGHT, PAD = 720, 180, 36
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1f2328}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px}
+.muted{color:#656d76} table{border-collapse:collapse;font-size:13px}
+td,th{padding:4px 10px;border-bottom:1px solid #d0d7de;text-align:left}
+th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.status{display:inline-block;padding:2px 10px;border-radius:12px;color:#fff;font-weight:600}
+.completed{background:#1a7f37}.partial{background:#bf8700}.failed{background:#cf222e}
+.pending,.submitted,.scoring{background:#0969da}
+.cards{display:flex;gap:12px;flex-wrap:wrap;margin:12px 0}
+.card{border:1px solid #d0d7de;border-radius:8px;padding:8px 14px;min-width:110px}
+.card b{display:block;font-size:20px}
+.plot{border:1px solid #d0d7de;border-radius:6px;margin:6px 0 18px;background:#fff}
+.plot .band{fill:#ddf4ff}.plot .line{fill:none;stroke:#0969da;stroke-width:1.5}
+.plot .flag{fill:#cf222e}.plot text{font-size:11px;fill:#656d76}
+.plot .axis{stroke:#d0d7de}
+"""
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f"<meta name=viewport content='width=device-width,initial-scale=1'>"
+            f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>")
+
+
+def _table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], numeric=()) -> str:
+    head = "".join(f"<th>{_e(label)}</th>" for _, label in columns)
+    body = "".join(
+        "<tr>" + "".join(
+            f"<td class=num>{_e(r.get(k))}</td>" if k in numeric else f"<td>{_e(r.get(k))}</td>"
+            for k, _ in columns) + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def sensor_plot(device: str, sensor: str, points: Sequence[tuple]) -> str:
+    """Inline SVG of one sensor's window: (bucket_start, mean, min, max, is_anomaly) points."""
+    points = sorted(points)
+    t0, t1 = points[0][0], points[-1][0]
+    span = max((t1 - t0).total_seconds(), 1.0)
+    lows = [p[2] for p in points if p[2] is not None]
+    highs = [p[3] for p in points if p[3] is not None]
+    lo, hi = min(lows), max(highs)
+    if hi == lo:
+        lo, hi = lo - 1, hi + 1
+    margin = (hi - lo) * 0.05
+    lo, hi = lo - margin, hi + margin
+
+    def x(t: datetime) -> float:
+        return PAD + (WIDTH - 2 * PAD) * (t - t0).total_seconds() / span
+
+    def y(v: float) -> float:
+        return HEIGHT - PAD + (2 * PAD - HEIGHT) * (v - lo) / (hi - lo)
+
+    band = " ".join(f"{x(p[0]):.1f},{y(p[3]):.1f}" for p in points) + " " + " ".join(
+        f"{x(p[0]):.1f},{y(p[2]):.1f}" for p in reversed(points))
+    line = " ".join(f"{x(p[0]):.1f},{y(p[1]):.1f}" for p in points)
+    flags = "".join(
+        f"<circle class=flag cx={x(p[0]):.1f} cy={y(p[1]):.1f} r=4>"
+        f"<title>{p[0]:%H:%M} mean {p[1]:.3f} (min {p[2]:.3f}, max {p[3]:.3f})</title></circle>"
+        for p in points if p[4])
+    n_flags = sum(1 for p in points if p[4])
+    return (
+        f"<svg class=plot width={WIDTH} height={HEIGHT} viewBox='0 0 {WIDTH} {HEIGHT}' "
+        f"role=img aria-label='{_e(device)}/{_e(sensor)}: {n_flags} flagged buckets' "
+        f"data-sensor='{_e(device)}/{_e(sensor)}'>"
+        f"<line class=axis x1={PAD} y1={HEIGHT - PAD} x2={WIDTH - PAD} y2={HEIGHT - PAD} />"
+        f"<polygon class=band points='{band}' /><polyline class=line points='{line}' />{flags}"
+        f"<text x={PAD} y=16>{_e(device)} / {_e(sensor)}</text>"
+        f"<text x={PAD} y={HEIGHT - 12}>{t0:%H:%M}</text>"
+        f"<text x={WIDTH - PAD - 30} y={HEIGHT - 12}>{t1:%H:%M}</text>"
+        f"<text x=2 y={y(hi - margin) + 4:.0f}>{hi - margin:.4g}</text>"
+        f"<text x=2 y={y(lo + margin) + 4:.0f}>{lo + margin:.4g}</text></svg>"
+    )
+
+
+def build_run_report(ctx: AppContext, run_id: str) -> str | None:
+    """The HTML report of a run, or None if there is no such run."""
+    run = records.get_run(ctx.engine, run_id)
+    if run is None:
+        return None
+    with ctx.engine.connect() as conn:
+        flagged = conn.execute(
+            select(predictions.c.device, predictions.c.sensor, predictions.c.bucket_start,
+                   predictions.c.score)
+            .where(predictions.c.run_id == run_id, predictions.c.is_anomaly.is_(True))
+        ).all()
+        per_sensor: dict[tuple[str, str], list] = defaultdict(list)
+        for d, s, b, score in flagged:
+            per_sensor[(d, s)].append((b, score))
+        ranked = sorted(per_sensor, key=lambda k: (-len(per_sensor[k]), k))[:MAX_PLOTS]
+        series: dict[tuple[str, str], list] = defaultdict(list)
+        for device in sorted({d for d, _ in ranked}):
+            sensors = [s for d, s in ranked if d == device]
+            for row in conn.execute(
+                select(predictions.c.sensor, predictions.c.bucket_start, predictions.c.mean,
+                       predictions.c.min, predictions.c.max, predictions.c.is_anomaly)
+                .where(predictions.c.run_id == run_id, predictions.c.device == device,
+                       predictions.c.sensor.in_(sensors))
+            ):
+                series[(device, row.sensor)].append(
+                    (row.bucket_start, row.mean, row.min, row.max, bool(row.is_anomaly)))
+    errors = records.run_errors_of(ctx.engine, run_id, limit=200)
+
+    counts = run.as_dict()["counts"]
+    cards = "".join(f"<div class=card><b>{_e(v)}</b><span class=muted>{_e(k.replace('_', ' '))}"
+                    f"</span></div>" for k, v in counts.items())
+    timings = [{"stage": k, "seconds": f"{v:.2f}"} for k, v in run.timings.items()]
+    sensor_rows = [{
+        "device": d, "sensor": s, "flagged": len(per_sensor[(d, s)]),
+        "max_score": f"{max(sc for _, sc in per_sensor[(d, s)]):.3f}",
+        "first": f"{min(b for b, _ in per_sensor[(d, s)]):%Y-%m-%d %H:%M}",
+        "last": f"{max(b for b, _ in per_sensor[(d, s)]):%Y-%m-%d %H:%M}",
+    } for d, s in sorted(per_sensor, key=lambda k: (-len(per_sensor[k]), k))]
+    plots = "".join(sensor_plot(d, s, series[(d, s)]) for d, s in ranked if series[(d, s)])
+    body = [
+        f"<h1>Run {_e(run.run_id)} <span class='status {_e(run.status)}'>{_e(run.status)}</span>"
+        f"</h1><div class=muted>window {_e(run.window.start)} to {_e(run.window.end)} UTC · "
+        f"trigger {_e(run.trigger)} · executor {_e(run.executor)}"
+        + (f" · job <a href='{_e(run.job_url)}'>{_e(run.job_id)}</a>" if run.job_url else
+           f" · job {_e(run.job_id)}") + "</div>",
+    ]
+    if run.error:
+        body.append(f"<p><b>Reason:</b> {_e(run.error)}</p>")
+    body.append(f"<div class=cards>{cards}</div>")
+    body.append("<h2>Time per stage</h2>" + _table(timings, [("stage", "stage"),
+                                                              ("seconds", "seconds")],
+                                                    numeric={"seconds"}))
+    body.append(f"<h2>Sensors with anomalies ({len(sensor_rows)})</h2>")
+    body.append(_table(sensor_rows, [("device", "device"), ("sensor", "sensor"),
+                                     ("flagged", "flagged buckets"), ("max_score", "max score"),
+                                     ("first", "first"), ("last", "last")],
+                       numeric={"flagged", "max_score"}) if sensor_rows
+                else "<p class=muted>No anomalies in this run.</p>")
+    if plots:
+        shown = f" (the {len(ranked)} with most flags)" if len(per_sensor) > len(ranked) else ""
+        body.append(f"<h2>Anomalous sensors{shown}</h2><p class=muted>Bucket mean (line), "
+                    f"min-max range (band), flagged buckets (red).</p>{plots}")
+    if errors:
+        body.append(f"<h2>Errors ({len(errors)})</h2>" + _table(
+            errors, [("kind", "kind"), ("chunk_id", "chunk"), ("device", "device"),
+                     ("sensor", "sensor"), ("reason", "reason")]))
+    return _page(f"Run {run.run_id}", "".join(body))
+
+
+def build_runs_overview(ctx: AppContext, limit: int = 50) -> str:
+    """An operator's view across runs: states, durations, anomaly counts, failures."""
+    rows = []
+    for r in records.list_runs(ctx.engine, limit=limit):
+        duration = (r.finished_at - r.created_at).total_seconds() if r.finished_at else None
+        rows.append({
+            "run_id": r.run_id, "status": r.status, "window": f"{r.window.end:%Y-%m-%d %H:%M}",
+            "trigger": r.trigger, "sensors": r.n_sensors, "anomalies": r.n_anomalies,
+            "failures": r.n_sensor_errors + r.n_chunks_failed,
+            "duration": "" if duration is None else f"{duration:.1f}s",
+            "reason": r.error or "",
+        })
+    return _page("Scoring runs", "<h1>Recent runs</h1>" + _table(
+        rows, [("run_id", "run"), ("status", "status"), ("window", "window end (UTC)"),
+               ("trigger", "trigger"), ("sensors", "sensors"), ("anomalies", "anomalies"),
+               ("failures", "failures"), ("duration", "duration"), ("reason", "reason")],
+        numeric={"sensors", "anomalies", "failures"}))
