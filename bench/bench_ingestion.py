@@ -43,13 +43,22 @@ def make_batches(total: int) -> list[list[func.EventHubEvent]]:
     sensors = 1000
     steps = max(1, total // sensors)
     end = datetime(2026, 4, 1, 12)
-    fleet = make_fleet(FleetSpec(start=end - timedelta(seconds=5 * steps), end=end,
-                                 devices=100, sensors_per_device=10, anomaly_share=0))
-    batches, batch, seq = [], [], 0
-    for body in iter_event_bodies(fleet, READINGS_PER_EVENT):
-        batch.append(func.EventHubEvent(body=body, sequence_number=seq, offset=str(seq),
-                                        enqueued_time=datetime.now(UTC)))
-        seq += 1
+    fleet = make_fleet(
+        FleetSpec(
+            start=end - timedelta(seconds=5 * steps),
+            end=end,
+            devices=100,
+            sensors_per_device=10,
+            anomaly_share=0,
+        )
+    )
+    batches, batch = [], []
+    for seq, body in enumerate(iter_event_bodies(fleet, READINGS_PER_EVENT)):
+        batch.append(
+            func.EventHubEvent(
+                body=body, sequence_number=seq, offset=str(seq), enqueued_time=datetime.now(UTC)
+            )
+        )
         if len(batch) == EVENTS_PER_BATCH:
             batches.append(batch)
             batch = []
@@ -59,8 +68,9 @@ def make_batches(total: int) -> list[list[func.EventHubEvent]]:
 
 
 def run(engine_url: str, connection_string: str, batches, label: str) -> dict:
-    settings = Settings.from_env({"SQL_URL": engine_url, "ScoringStorage": connection_string,
-                                  "DATA_DIR": tempfile.mkdtemp()})
+    settings = Settings.from_env(
+        {"SQL_URL": engine_url, "ScoringStorage": connection_string, "DATA_DIR": tempfile.mkdtemp()}
+    )
     ctx = AppContext.create(settings)
     migrate.upgrade(ctx.engine)
     set_context(ctx)
@@ -72,8 +82,11 @@ def run(engine_url: str, connection_string: str, batches, label: str) -> dict:
         for batch in batches:
             ingest(batch)
         seconds = time.perf_counter() - started
-        results[phase] = {"readings": n, "seconds": round(seconds, 3),
-                          "readings_per_s": round(n / seconds)}
+        results[phase] = {
+            "readings": n,
+            "seconds": round(seconds, 3),
+            "readings_per_s": round(n / seconds),
+        }
     with ctx.engine.connect() as conn:
         stored = conn.execute(sa.select(sa.func.count()).select_from(readings)).scalar_one()
     assert stored == n, f"{label}: {stored} rows stored for {n} readings"
@@ -83,8 +96,9 @@ def run(engine_url: str, connection_string: str, batches, label: str) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--readings", type=int, default=500_000)
     args = parser.parse_args()
     import logging
@@ -96,8 +110,9 @@ def main() -> int:
     postgres = start_postgres(durable=True)
     try:
         report = {
-            "sqlite": run(f"sqlite:///{tmp / 'bench.db'}", azurite.connection_string, batches,
-                          "sqlite"),
+            "sqlite": run(
+                f"sqlite:///{tmp / 'bench.db'}", azurite.connection_string, batches, "sqlite"
+            ),
             "postgresql": run(postgres.url(), azurite.connection_string, batches, "postgresql"),
         }
     finally:
@@ -106,8 +121,10 @@ def main() -> int:
     print(f"{'engine':<12}{'phase':<16}{'readings':>10}{'seconds':>10}{'readings/s':>12}")
     for engine, phases in report.items():
         for phase, r in phases.items():
-            print(f"{engine:<12}{phase:<16}{r['readings']:>10,}{r['seconds']:>10.2f}"
-                  f"{r['readings_per_s']:>12,}")
+            print(
+                f"{engine:<12}{phase:<16}{r['readings']:>10,}{r['seconds']:>10.2f}"
+                f"{r['readings_per_s']:>12,}"
+            )
     print(json.dumps(report))
     return 0
 

@@ -55,8 +55,9 @@ def load_readings(ctx: AppContext, fleet, steps_per_slice: int = 60) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--sensors", type=int, default=10)
     parser.add_argument("--minutes", type=int, default=60)
@@ -67,19 +68,30 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-run-"))
     azurite = start_azurite(tmp / "azurite")
     try:
-        settings = Settings.from_env({
-            "DATA_DIR": str(tmp), "SQL_URL": f"sqlite:///{tmp / 'bench.db'}",
-            "ScoringStorage": azurite.connection_string, "LOCAL_WORKERS": str(args.workers),
-            "MIN_TRAINING_BUCKETS": "30",
-        })
+        settings = Settings.from_env(
+            {
+                "DATA_DIR": str(tmp),
+                "SQL_URL": f"sqlite:///{tmp / 'bench.db'}",
+                "ScoringStorage": azurite.connection_string,
+                "LOCAL_WORKERS": str(args.workers),
+                "MIN_TRAINING_BUCKETS": "30",
+            }
+        )
         ctx = AppContext.create(settings)
         migrate.upgrade(ctx.engine)
         set_context(ctx)
         end = datetime(2026, 6, 1, 12)
         window = Window(end - timedelta(minutes=args.minutes), end)
-        fleet = make_fleet(FleetSpec(start=window.start, end=end, devices=args.devices,
-                                     sensors_per_device=args.sensors, anomaly_share=0.1,
-                                     anomalies_from=window.start))
+        fleet = make_fleet(
+            FleetSpec(
+                start=window.start,
+                end=end,
+                devices=args.devices,
+                sensors_per_device=args.sensors,
+                anomaly_share=0.1,
+                anomalies_from=window.start,
+            )
+        )
         setup = {}
         started = time.perf_counter()
         n = load_readings(ctx, fleet)
@@ -100,15 +112,21 @@ def main() -> int:
         assert run.status == records.COMPLETED, run.error
         stages = {**run.timings, "record": round(record, 3)}
         result = {
-            "readings_in_sql": n, "sensors": run.n_sensors, "chunks": run.n_chunks,
-            "predictions": run.n_predictions, "anomalies": run.n_anomalies,
-            "total_seconds": round(total, 2), "stages_seconds": stages,
+            "readings_in_sql": n,
+            "sensors": run.n_sensors,
+            "chunks": run.n_chunks,
+            "predictions": run.n_predictions,
+            "anomalies": run.n_anomalies,
+            "total_seconds": round(total, 2),
+            "stages_seconds": stages,
             "setup_seconds": {k: round(v, 1) for k, v in setup.items()},
         }
     finally:
         azurite.stop()
-    print(f"{n:,} readings, {run.n_sensors:,} sensors in {run.n_chunks} chunks, "
-          f"{run.n_predictions:,} predictions recorded")
+    print(
+        f"{n:,} readings, {run.n_sensors:,} sensors in {run.n_chunks} chunks, "
+        f"{run.n_predictions:,} predictions recorded"
+    )
     for stage, seconds in stages.items():
         print(f"  {stage:<14}{seconds:>8.2f} s")
     print(f"  {'total':<14}{total:>8.2f} s   (target <= 60 s)")

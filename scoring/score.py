@@ -9,9 +9,10 @@ For every chunk ``<chunk_id>.parquet`` it writes, in this order and each atomica
 then rename):
 
 1. ``<chunk_id>.errors.parquet`` (device, sensor, reason) when any sensor failed; an unreadable
-   chunk gets one row with null device and sensor and the reason (and no predictions file);
+   chunk gets one row with null device and sensor and the reason;
 2. ``<chunk_id>.predictions.parquet`` with the scored rows and schema metadata
-   ``scoring.chunk_id`` and ``scoring.errors`` (number of failed sensors).
+   ``scoring.chunk_id`` and ``scoring.errors`` (number of failed sensors); for an unreadable
+   chunk it is empty and ``scoring.chunk_error`` holds the reason.
 
 The predictions file comes last because a blob trigger fires on it: the errors file it may point
 to must already exist. A sensor-level problem (missing model set or key, corrupt or untrusted
@@ -53,6 +54,7 @@ PREDICTIONS_SUFFIX = ".predictions.parquet"
 ERRORS_SUFFIX = ".errors.parquet"
 METADATA_CHUNK_ID = "scoring.chunk_id"
 METADATA_ERRORS = "scoring.errors"
+METADATA_CHUNK_ERROR = "scoring.chunk_error"
 MAX_CACHED_SETS = 32
 """Model sets kept loaded per process (a 10,000-model npz set is ~25 MiB)."""
 
@@ -71,6 +73,19 @@ _CHUNK_SCHEMA = pa.schema(
         ("model_version", pa.int64()),
     ]
 )
+_PREDICTION_TYPES = {
+    "device": pa.string(),
+    "sensor": pa.string(),
+    "bucket_start": pa.timestamp("us", tz="UTC"),
+    "count": pa.int64(),
+    "mean": pa.float64(),
+    "min": pa.float64(),
+    "max": pa.float64(),
+    "std": pa.float64(),
+    "score": pa.float64(),
+    "is_anomaly": pa.bool_(),
+    "model_version": pa.int64(),
+}
 _ERRORS_SCHEMA = pa.schema([(name, pa.string()) for name in ERROR_COLUMNS])
 # Dictionary-encode only the repetitive columns: trying it on float columns (which fall back
 # to plain) costs more than the rest of the write.
@@ -262,6 +277,16 @@ def score_chunk(
         reason = f"chunk file could not be read: {_describe(exc)}"
         log.error("chunk %s: %s", chunk_id, reason)
         _write_errors(output_dir, chunk_id, [None], [None], [reason], chunk_unreadable=True)
+        # An empty predictions file carrying the reason: whoever records predictions (the blob
+        # trigger fires on this file) learns that the chunk failed, on any executor.
+        empty = (
+            pa.schema([(name, _PREDICTION_TYPES[name]) for name in PREDICTION_COLUMNS])
+            .empty_table()
+            .replace_schema_metadata(
+                {METADATA_CHUNK_ID: chunk_id, METADATA_ERRORS: "0", METADATA_CHUNK_ERROR: reason}
+            )
+        )
+        _write_parquet_atomic(empty, output_dir / f"{chunk_id}{PREDICTIONS_SUFFIX}")
         return ChunkResult(chunk_id, error=reason)
 
     n_rows = table.num_rows
@@ -580,7 +605,12 @@ def score_chunks(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns the exit code (1 only if a chunk was unreadable)."""
+    """Command line entry point; returns the exit code.
+
+    0 whenever every chunk's outcome is in the output files, unreadable chunks included (their
+    reason travels in the predictions file): a failed exit would fail the Azure ML step and,
+    through it, chunks of the same run that scored fine.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m scoring.score",
         description="Score chunk files with per-sensor model sets; print a JSON summary.",
@@ -602,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.chunks, args.models, args.output, chunk_files=args.chunk_files, workers=args.workers
     )
     print(summary.to_json(), flush=True)
-    return 1 if summary.chunks_failed else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -433,8 +433,12 @@ def cmd_report(args, settings: Settings) -> int:
         else:
             page, name = build_run_report(ctx, args.run_id), args.run_id
             if page is not None:
-                ctx.store.upload(settings.reports_container, report_blob(args.run_id),
-                                 page.encode(), "text/html; charset=utf-8")
+                ctx.store.upload(
+                    settings.reports_container,
+                    report_blob(args.run_id),
+                    page.encode(),
+                    "text/html; charset=utf-8",
+                )
     if page is None:
         print(f"no run {args.run_id!r}", file=sys.stderr)
         return 2

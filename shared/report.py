@@ -47,17 +47,22 @@ def _e(value) -> str:
 
 
 def _page(title: str, body: str) -> str:
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
-            f"<meta name=viewport content='width=device-width,initial-scale=1'>"
-            f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>")
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<meta name=viewport content='width=device-width,initial-scale=1'>"
+        f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>"
+    )
 
 
 def _table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], numeric=()) -> str:
     head = "".join(f"<th>{_e(label)}</th>" for _, label in columns)
     body = "".join(
-        "<tr>" + "".join(
+        "<tr>"
+        + "".join(
             f"<td class=num>{_e(r.get(k))}</td>" if k in numeric else f"<td>{_e(r.get(k))}</td>"
-            for k, _ in columns) + "</tr>"
+            for k, _ in columns
+        )
+        + "</tr>"
         for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -82,13 +87,18 @@ def sensor_plot(device: str, sensor: str, points: Sequence[tuple]) -> str:
     def y(v: float) -> float:
         return HEIGHT - PAD + (2 * PAD - HEIGHT) * (v - lo) / (hi - lo)
 
-    band = " ".join(f"{x(p[0]):.1f},{y(p[3]):.1f}" for p in points) + " " + " ".join(
-        f"{x(p[0]):.1f},{y(p[2]):.1f}" for p in reversed(points))
+    band = (
+        " ".join(f"{x(p[0]):.1f},{y(p[3]):.1f}" for p in points)
+        + " "
+        + " ".join(f"{x(p[0]):.1f},{y(p[2]):.1f}" for p in reversed(points))
+    )
     line = " ".join(f"{x(p[0]):.1f},{y(p[1]):.1f}" for p in points)
     flags = "".join(
         f"<circle class=flag cx={x(p[0]):.1f} cy={y(p[1]):.1f} r=4>"
         f"<title>{p[0]:%H:%M} mean {p[1]:.3f} (min {p[2]:.3f}, max {p[3]:.3f})</title></circle>"
-        for p in points if p[4])
+        for p in points
+        if p[4]
+    )
     n_flags = sum(1 for p in points if p[4])
     return (
         f"<svg class=plot width={WIDTH} height={HEIGHT} viewBox='0 0 {WIDTH} {HEIGHT}' "
@@ -111,9 +121,12 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
         return None
     with ctx.engine.connect() as conn:
         flagged = conn.execute(
-            select(predictions.c.device, predictions.c.sensor, predictions.c.bucket_start,
-                   predictions.c.score)
-            .where(predictions.c.run_id == run_id, predictions.c.is_anomaly.is_(True))
+            select(
+                predictions.c.device,
+                predictions.c.sensor,
+                predictions.c.bucket_start,
+                predictions.c.score,
+            ).where(predictions.c.run_id == run_id, predictions.c.is_anomaly.is_(True))
         ).all()
         per_sensor: dict[tuple[str, str], list] = defaultdict(list)
         for d, s, b, score in flagged:
@@ -123,53 +136,97 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
         for device in sorted({d for d, _ in ranked}):
             sensors = [s for d, s in ranked if d == device]
             for row in conn.execute(
-                select(predictions.c.sensor, predictions.c.bucket_start, predictions.c.mean,
-                       predictions.c.min, predictions.c.max, predictions.c.is_anomaly)
-                .where(predictions.c.run_id == run_id, predictions.c.device == device,
-                       predictions.c.sensor.in_(sensors))
+                select(
+                    predictions.c.sensor,
+                    predictions.c.bucket_start,
+                    predictions.c.mean,
+                    predictions.c.min,
+                    predictions.c.max,
+                    predictions.c.is_anomaly,
+                ).where(
+                    predictions.c.run_id == run_id,
+                    predictions.c.device == device,
+                    predictions.c.sensor.in_(sensors),
+                )
             ):
                 series[(device, row.sensor)].append(
-                    (row.bucket_start, row.mean, row.min, row.max, bool(row.is_anomaly)))
+                    (row.bucket_start, row.mean, row.min, row.max, bool(row.is_anomaly))
+                )
     errors = records.run_errors_of(ctx.engine, run_id, limit=200)
 
     counts = run.as_dict()["counts"]
-    cards = "".join(f"<div class=card><b>{_e(v)}</b><span class=muted>{_e(k.replace('_', ' '))}"
-                    f"</span></div>" for k, v in counts.items())
+    cards = "".join(
+        f"<div class=card><b>{_e(v)}</b><span class=muted>{_e(k.replace('_', ' '))}</span></div>"
+        for k, v in counts.items()
+    )
     timings = [{"stage": k, "seconds": f"{v:.2f}"} for k, v in run.timings.items()]
-    sensor_rows = [{
-        "device": d, "sensor": s, "flagged": len(per_sensor[(d, s)]),
-        "max_score": f"{max(sc for _, sc in per_sensor[(d, s)]):.3f}",
-        "first": f"{min(b for b, _ in per_sensor[(d, s)]):%Y-%m-%d %H:%M}",
-        "last": f"{max(b for b, _ in per_sensor[(d, s)]):%Y-%m-%d %H:%M}",
-    } for d, s in sorted(per_sensor, key=lambda k: (-len(per_sensor[k]), k))]
+    sensor_rows = [
+        {
+            "device": d,
+            "sensor": s,
+            "flagged": len(per_sensor[(d, s)]),
+            "max_score": f"{max(sc for _, sc in per_sensor[(d, s)]):.3f}",
+            "first": f"{min(b for b, _ in per_sensor[(d, s)]):%Y-%m-%d %H:%M}",
+            "last": f"{max(b for b, _ in per_sensor[(d, s)]):%Y-%m-%d %H:%M}",
+        }
+        for d, s in sorted(per_sensor, key=lambda k: (-len(per_sensor[k]), k))
+    ]
     plots = "".join(sensor_plot(d, s, series[(d, s)]) for d, s in ranked if series[(d, s)])
     body = [
         f"<h1>Run {_e(run.run_id)} <span class='status {_e(run.status)}'>{_e(run.status)}</span>"
         f"</h1><div class=muted>window {_e(run.window.start)} to {_e(run.window.end)} UTC · "
         f"trigger {_e(run.trigger)} · executor {_e(run.executor)}"
-        + (f" · job <a href='{_e(run.job_url)}'>{_e(run.job_id)}</a>" if run.job_url else
-           f" · job {_e(run.job_id)}") + "</div>",
+        + (
+            f" · job <a href='{_e(run.job_url)}'>{_e(run.job_id)}</a>"
+            if run.job_url
+            else f" · job {_e(run.job_id)}"
+        )
+        + "</div>",
     ]
     if run.error:
         body.append(f"<p><b>Reason:</b> {_e(run.error)}</p>")
     body.append(f"<div class=cards>{cards}</div>")
-    body.append("<h2>Time per stage</h2>" + _table(timings, [("stage", "stage"),
-                                                              ("seconds", "seconds")],
-                                                    numeric={"seconds"}))
+    body.append(
+        "<h2>Time per stage</h2>"
+        + _table(timings, [("stage", "stage"), ("seconds", "seconds")], numeric={"seconds"})
+    )
     body.append(f"<h2>Sensors with anomalies ({len(sensor_rows)})</h2>")
-    body.append(_table(sensor_rows, [("device", "device"), ("sensor", "sensor"),
-                                     ("flagged", "flagged buckets"), ("max_score", "max score"),
-                                     ("first", "first"), ("last", "last")],
-                       numeric={"flagged", "max_score"}) if sensor_rows
-                else "<p class=muted>No anomalies in this run.</p>")
+    body.append(
+        _table(
+            sensor_rows,
+            [
+                ("device", "device"),
+                ("sensor", "sensor"),
+                ("flagged", "flagged buckets"),
+                ("max_score", "max score"),
+                ("first", "first"),
+                ("last", "last"),
+            ],
+            numeric={"flagged", "max_score"},
+        )
+        if sensor_rows
+        else "<p class=muted>No anomalies in this run.</p>"
+    )
     if plots:
         shown = f" (the {len(ranked)} with most flags)" if len(per_sensor) > len(ranked) else ""
-        body.append(f"<h2>Anomalous sensors{shown}</h2><p class=muted>Bucket mean (line), "
-                    f"min-max range (band), flagged buckets (red).</p>{plots}")
+        body.append(
+            f"<h2>Anomalous sensors{shown}</h2><p class=muted>Bucket mean (line), "
+            f"min-max range (band), flagged buckets (red).</p>{plots}"
+        )
     if errors:
-        body.append(f"<h2>Errors ({len(errors)})</h2>" + _table(
-            errors, [("kind", "kind"), ("chunk_id", "chunk"), ("device", "device"),
-                     ("sensor", "sensor"), ("reason", "reason")]))
+        body.append(
+            f"<h2>Errors ({len(errors)})</h2>"
+            + _table(
+                errors,
+                [
+                    ("kind", "kind"),
+                    ("chunk_id", "chunk"),
+                    ("device", "device"),
+                    ("sensor", "sensor"),
+                    ("reason", "reason"),
+                ],
+            )
+        )
     return _page(f"Run {run.run_id}", "".join(body))
 
 
@@ -178,15 +235,35 @@ def build_runs_overview(ctx: AppContext, limit: int = 50) -> str:
     rows = []
     for r in records.list_runs(ctx.engine, limit=limit):
         duration = (r.finished_at - r.created_at).total_seconds() if r.finished_at else None
-        rows.append({
-            "run_id": r.run_id, "status": r.status, "window": f"{r.window.end:%Y-%m-%d %H:%M}",
-            "trigger": r.trigger, "sensors": r.n_sensors, "anomalies": r.n_anomalies,
-            "failures": r.n_sensor_errors + r.n_chunks_failed,
-            "duration": "" if duration is None else f"{duration:.1f}s",
-            "reason": r.error or "",
-        })
-    return _page("Scoring runs", "<h1>Recent runs</h1>" + _table(
-        rows, [("run_id", "run"), ("status", "status"), ("window", "window end (UTC)"),
-               ("trigger", "trigger"), ("sensors", "sensors"), ("anomalies", "anomalies"),
-               ("failures", "failures"), ("duration", "duration"), ("reason", "reason")],
-        numeric={"sensors", "anomalies", "failures"}))
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "status": r.status,
+                "window": f"{r.window.end:%Y-%m-%d %H:%M}",
+                "trigger": r.trigger,
+                "sensors": r.n_sensors,
+                "anomalies": r.n_anomalies,
+                "failures": r.n_sensor_errors + r.n_chunks_failed,
+                "duration": "" if duration is None else f"{duration:.1f}s",
+                "reason": r.error or "",
+            }
+        )
+    return _page(
+        "Scoring runs",
+        "<h1>Recent runs</h1>"
+        + _table(
+            rows,
+            [
+                ("run_id", "run"),
+                ("status", "status"),
+                ("window", "window end (UTC)"),
+                ("trigger", "trigger"),
+                ("sensors", "sensors"),
+                ("anomalies", "anomalies"),
+                ("failures", "failures"),
+                ("duration", "duration"),
+                ("reason", "reason"),
+            ],
+            numeric={"sensors", "anomalies", "failures"},
+        ),
+    )

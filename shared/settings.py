@@ -206,7 +206,7 @@ class Settings:
             train_window_hours=r.number("TRAIN_WINDOW_HOURS", 24.0, minimum=0.01),
             min_training_buckets=r.integer("MIN_TRAINING_BUCKETS", 30, minimum=2),
             target_false_alarm_rate=r.number(
-                "TARGET_FALSE_ALARM_RATE", 0.005, minimum=0.0, maximum=0.5
+                "TARGET_FALSE_ALARM_RATE", 0.001, minimum=0.0, maximum=0.5
             ),
             log_level=r.choice(
                 "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True

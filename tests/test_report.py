@@ -26,10 +26,22 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def chromium(args: list[str], tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'chromium-profile'}", *args],
-        capture_output=True, text=True, timeout=120,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -49,8 +61,12 @@ def test_report_renders_in_chromium(ctx, scored_run, tmp_path):
         pytest.skip("chromium is not installed here")
     run = scored_run
     assert run.n_anomalies > 0
-    req = func.HttpRequest("GET", f"http://localhost/api/runs/{run.run_id}/report", body=b"",
-                           route_params={"run_id": run.run_id})
+    req = func.HttpRequest(
+        "GET",
+        f"http://localhost/api/runs/{run.run_id}/report",
+        body=b"",
+        route_params={"run_id": run.run_id},
+    )
     resp = user_function("run_report")(req)
     assert resp.status_code == 200 and resp.mimetype == "text/html"
     page = tmp_path / "report.html"
@@ -58,14 +74,13 @@ def test_report_renders_in_chromium(ctx, scored_run, tmp_path):
 
     dom = chromium(["--dump-dom", page.as_uri()], tmp_path).stdout
     assert f"Run {run.run_id}" in dom
-    n_plots = dom.count("<svg class=\"plot\"")
+    n_plots = dom.count('<svg class="plot"')
     assert n_plots >= 1
-    assert dom.count("<circle class=\"flag\"") == run.n_anomalies  # every flag drawn (< 40)
-    assert "<polyline class=\"line\"" in dom
+    assert dom.count('<circle class="flag"') == run.n_anomalies  # every flag drawn (< 40)
+    assert '<polyline class="line"' in dom
 
     shot = tmp_path / "report.png"
-    result = chromium(["--window-size=900,2400", f"--screenshot={shot}", page.as_uri()],
-                      tmp_path)
+    result = chromium(["--window-size=900,2400", f"--screenshot={shot}", page.as_uri()], tmp_path)
     assert shot.exists(), result.stderr[-2000:]
     rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
@@ -75,8 +90,9 @@ def test_report_renders_in_chromium(ctx, scored_run, tmp_path):
 
 
 def test_unknown_run_report_is_404(ctx):
-    req = func.HttpRequest("GET", "http://localhost/api/runs/nope/report", body=b"",
-                           route_params={"run_id": "nope"})
+    req = func.HttpRequest(
+        "GET", "http://localhost/api/runs/nope/report", body=b"", route_params={"run_id": "nope"}
+    )
     assert user_function("run_report")(req).status_code == 404
 
 
@@ -105,8 +121,10 @@ def test_json_log_lines_include_context_fields():
     logger = logging.getLogger("test.json")
     logger.addHandler(handler)
     logger.propagate = False
-    logger.warning("chunk failed", extra={"run_id": "run-1", "chunk_id": "c00002",
-                                          "device": "d", "sensor": "s"})
+    logger.warning(
+        "chunk failed",
+        extra={"run_id": "run-1", "chunk_id": "c00002", "device": "d", "sensor": "s"},
+    )
     entry = json.loads(stream.getvalue())
     assert entry["message"] == "chunk failed"
     assert (entry["run_id"], entry["chunk_id"], entry["device"]) == ("run-1", "c00002", "d")

@@ -202,3 +202,38 @@ def test_chunk_files_follow_the_contract(ctx):
     assert table.num_rows == 3 * 60
     counts = table.column("count").to_pylist()
     assert set(counts) == {12}  # 5-second readings in 1-minute buckets
+
+
+def test_unreadable_chunk_fails_that_chunk_through_the_blob_trigger(ctx):
+    """A chunk blob the scoring step cannot read (corrupted between preparation and scoring):
+    the step writes an empty predictions file with the reason; recording fails that chunk."""
+    from shared.executors import make_executor
+    from shared.executors.base import ChunkRef, ScoringJob
+    from shared.runs.prepare import prepare_run
+
+    sc = scenario.build(ctx, devices=2, sensors=2)
+    settings = ctx.settings
+    ctx.settings = type(settings)(**{**settings.__dict__, "sensors_per_chunk": 2})
+    run, _ = records.create_run(ctx.engine, sc.window, "cli", "local", records.RunFilters())
+    prepared = prepare_run(ctx, run)
+    with ctx.engine.begin() as conn:
+        records.update_run(conn, run.run_id, n_chunks=len(prepared.chunks), status="scoring")
+    ctx.store.upload(settings.chunks_container, prepared.chunks[1].blob, b"corrupted")
+    job = ScoringJob(
+        run.run_id,
+        str(sc.window),
+        tuple(prepared.chunks),
+        settings.chunks_container,
+        settings.models_container,
+        settings.predictions_container,
+    )
+    assert make_executor(ctx.settings).submit(job).state == "completed"
+    deliver_predictions(ctx, run.run_id)
+    run = records.get_run(ctx.engine, run.run_id)
+    assert run.status == records.PARTIAL
+    assert (run.n_chunks_recorded, run.n_chunks_failed) == (1, 1)
+    (err,) = [
+        e for e in records.run_errors_of(ctx.engine, run.run_id) if e["kind"] == "chunk_error"
+    ]
+    assert err["chunk_id"] == "c00001" and "could not be read" in err["reason"]
+    assert isinstance(prepared.chunks[0], ChunkRef)

@@ -19,8 +19,13 @@ def family(name: str) -> str:
 
 def names_the_code_reads() -> set[str]:
     settings_py = (ROOT / "shared" / "settings.py").read_text()
-    names = set(re.findall(r"r\.(?:text|optional|integer|number|choice|container|connection)"
-                           r"\(\s*\"([A-Za-z_][A-Za-z0-9_]*)\"", settings_py))
+    names = set(
+        re.findall(
+            r"r\.(?:text|optional|integer|number|choice|container|connection)"
+            r"\(\s*\"([A-Za-z_][A-Za-z0-9_]*)\"",
+            settings_py,
+        )
+    )
     names |= {m for m in re.findall(r"connection\((\w+)_CONNECTION", settings_py)}
     constants = dict(re.findall(r"^(\w+)_CONNECTION = \"(\w+)\"", settings_py, re.M))
     names |= set(constants.values())
@@ -42,7 +47,7 @@ def names_in_local_settings() -> set[str]:
 
 def names_in_infra() -> set[str]:
     text = (ROOT / "infra" / "app" / "function-app.bicep").read_text()
-    block = text[text.index("var appSettings = {"):]
+    block = text[text.index("var appSettings = {") :]
     block = block[: block.index("\n}")]
     names = re.findall(r"^\s+'?([A-Za-z0-9_.]+)'?\s*:", block, re.M)
     return {family(n) for n in names if not n.startswith("AzureWebJobs")} - HOST_ONLY
@@ -50,9 +55,16 @@ def names_in_infra() -> set[str]:
 
 def test_settings_module_names_are_found():
     code = names_the_code_reads()
-    assert {"SQL_URL", "ScoringStorage", "EventHubConnection", "SCORING_SCHEDULE",
-            "AZUREML_IDENTITY_RESOURCE_ID", "APPLICATIONINSIGHTS_CONNECTION_STRING",
-            "EVENTHUB_NAME", "PREDICTIONS_CONTAINER"} <= code
+    assert {
+        "SQL_URL",
+        "ScoringStorage",
+        "EventHubConnection",
+        "SCORING_SCHEDULE",
+        "AZUREML_IDENTITY_RESOURCE_ID",
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        "EVENTHUB_NAME",
+        "PREDICTIONS_CONTAINER",
+    } <= code
 
 
 def test_local_settings_example_lists_exactly_what_the_code_reads():

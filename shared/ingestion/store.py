@@ -69,7 +69,9 @@ def insert_readings(engine: Engine, batch: Sequence[Reading]) -> InsertCounts:
         else:
             inserted = 0
             for start in range(0, len(rows), INSERT_BATCH):
-                inserted += _insert_driver_level(conn, statement, rows[start : start + INSERT_BATCH])
+                inserted += _insert_driver_level(
+                    conn, statement, rows[start : start + INSERT_BATCH]
+                )
             conflicts = _count_conflicts(conn, rows) if inserted < len(rows) else 0
     in_batch_conflicts = (
         sum(1 for r in batch if unique[(r.ts, r.device, r.sensor)].value != r.value)

@@ -39,7 +39,7 @@ KIND_SENSOR = "sensor_error"
 KIND_CHUNK = "chunk_error"
 KIND_FOREIGN = "foreign_file"
 META_ERRORS = b"scoring.errors"
-META_CHUNK_ERROR = b"scoring.chunk_error"
+META_CHUNK_ERROR = b"scoring.chunk_error"  # set by scoring.score for an unreadable chunk
 
 
 class ErrorsFileMissing(RuntimeError):

@@ -129,15 +129,6 @@ def _prepare_and_submit(ctx: AppContext, run: Run, executor_name: str) -> None:
         return
     with ctx.engine.begin() as conn:
         records.update_run(conn, run.run_id, only_if_active=True, status=status)
-    if submission.failed_chunks:
-        from shared.runs.recording import fail_chunks
-
-        fail_chunks(
-            ctx,
-            run.run_id,
-            submission.failed_chunks,
-            submission.message or "the scoring step could not read the chunk",
-        )
     log.info(
         "run submitted",
         extra={

@@ -13,7 +13,7 @@ from sklearn.svm import OneClassSVM
 from scoring.features import AGGREGATES, DEFAULT_FEATURES, aggregate_readings
 from scoring.modeling import MIN_TRAINING_BUCKETS, default_estimator, fit_sensor_model
 
-TARGET = 0.005
+TARGET = 0.001  # the default TARGET_FALSE_ALARM_RATE
 TRAIN_BUCKETS = 240  # the reference's 4 hours of 5-second readings, in 1-minute buckets
 
 
@@ -73,23 +73,25 @@ def test_default_estimator_is_the_calibrated_pipeline():
     assert svm.kernel == "rbf" and 0.01 <= svm.nu <= 0.05
 
 
-def test_train_flag_rate_is_near_target_and_holdout_rarely_flagged(reference_models):
+def test_new_normal_data_is_rarely_flagged(reference_models):
+    """Calibrated on held-out folds with a modelled tail, the rate on new normal data stays
+    within a small multiple of the target (a few hundred buckets cannot pin a 0.1% quantile)."""
     rng = np.random.default_rng(7)
     flagged, total = 0, 0
     for sensor, model in reference_models.items():
         calibration = model.calibration
         assert calibration["n_samples"] == TRAIN_BUCKETS
-        # One bucket is 1/240 of the data: the rate can only be near the target to that grain.
-        assert 0 < calibration["train_flag_rate"] <= TARGET + 2 / TRAIN_BUCKETS
+        assert calibration["train_flag_rate"] <= 2 / TRAIN_BUCKETS
+        assert calibration["held_out_flag_rate"] <= 3 / TRAIN_BUCKETS
         assert calibration["threshold"] == model.threshold
         assert set(calibration["decision_quantiles"]) >= {"0.005", "0.5"}
         lo, hi = REFERENCE_RANGES[sensor]
         holdout = readings_to_features(_readings(rng, lo, hi, 2000))
         scores = model.anomaly_score(holdout)
-        assert (scores > 0).mean() < 0.03, sensor
+        assert (scores > 0).mean() < 0.015, sensor
         flagged += int((scores > 0).sum())
         total += len(scores)
-    assert flagged / total < 0.02
+    assert flagged / total < 0.006
 
 
 @pytest.mark.parametrize("kind", ["spike", "level_shift", "stuck"])
