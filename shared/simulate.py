@@ -212,16 +212,28 @@ def write_labels(fleet: Fleet, path: Path) -> None:
 
 
 def labelled_buckets(
-    anomalies: list[Anomaly], bucket_seconds: int
+    anomalies: list[Anomaly], bucket_seconds: int, min_overlap: float = 0.5
 ) -> set[tuple[str, str, datetime]]:
-    """(device, sensor, bucket_start) of every bucket an injected anomaly touches."""
+    """(device, sensor, bucket_start) of the buckets an injected anomaly makes anomalous.
+
+    A spike's bucket always counts (one reading far out of range shows in its max or min). A
+    level shift or stuck stretch counts in the buckets it covers for at least ``min_overlap``
+    of their length: a bucket holding one shifted reading among twelve is, by its aggregates,
+    barely different from a normal one, and no bucket-level detector should be scored on it.
+    ``min_overlap=0`` gives every bucket an anomaly touches: evaluations leave the touched but
+    unlabelled ones out of both precision and recall ("don't care").
+    """
     out: set[tuple[str, str, datetime]] = set()
     epoch = datetime(1970, 1, 1)
+    width = timedelta(seconds=bucket_seconds)
     for a in anomalies:
         first = int((a.start - epoch).total_seconds()) // bucket_seconds
         last = (int((a.end - epoch).total_seconds()) - 1) // bucket_seconds
         for b in range(first, last + 1):
-            out.add((a.device, a.sensor, epoch + timedelta(seconds=b * bucket_seconds)))
+            start = epoch + timedelta(seconds=b * bucket_seconds)
+            overlap = min(a.end, start + width) - max(a.start, start)
+            if a.kind == "spike" or overlap >= width * min_overlap or min_overlap == 0:
+                out.add((a.device, a.sensor, start))
     return out
 
 
