@@ -102,8 +102,14 @@ def _insert_driver_level(conn: Connection, statement, rows: Sequence[Reading]) -
     if conn.dialect.name == "sqlite":
         if list(compiled.positiontup) != list(Reading._fields):
             raise RuntimeError(f"unexpected parameter order {compiled.positiontup}")
+        text: dict = {}  # many readings share a timestamp: format each once
         params = [
-            (r.ts.isoformat(sep=" ", timespec="microseconds"), r.device, r.sensor, r.value)
+            (
+                text.get(r.ts) or text.setdefault(r.ts, r.ts.isoformat(" ", "microseconds")),
+                r.device,
+                r.sensor,
+                r.value,
+            )
             for r in rows
         ]
     elif conn.dialect.name == "postgresql":

@@ -58,8 +58,11 @@ def check_id(kind: str, value: Any) -> str:
     return value
 
 
-def parse_ts(value: Any, now: datetime | None = None) -> datetime:
-    """Parse an ISO-8601 timestamp into naive UTC, within sane bounds."""
+# Readings of many sensors share timestamps: parse each distinct string once.
+_parsed: dict[str, datetime] = {}
+
+
+def _parse_iso(value: Any) -> datetime:
     if not isinstance(value, str):
         raise InvalidReading(f"ts must be an ISO-8601 string, got {type(value).__name__}")
     try:
@@ -71,6 +74,17 @@ def parse_ts(value: Any, now: datetime | None = None) -> datetime:
         raise InvalidReading(f"ts {value!r} is not an ISO-8601 timestamp") from None
     if ts.tzinfo is not None:
         ts = ts.astimezone(UTC).replace(tzinfo=None)
+    return ts
+
+
+def parse_ts(value: Any, now: datetime | None = None) -> datetime:
+    """Parse an ISO-8601 timestamp into naive UTC, within sane bounds."""
+    ts = _parsed.get(value) if isinstance(value, str) else None
+    if ts is None:
+        ts = _parse_iso(value)
+        if len(_parsed) >= 100_000:
+            _parsed.clear()
+        _parsed[value] = ts
     if ts < EARLIEST:
         raise InvalidReading(f"ts {value!r} is before {EARLIEST:%Y-%m-%d}")
     latest = (now or datetime.now(UTC).replace(tzinfo=None)) + FUTURE_TOLERANCE
