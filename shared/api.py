@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import azure.functions as func
 from sqlalchemy import select
 
-from shared.clock import utcnow
+from shared.clock import parse_utc, utcnow
 from shared.context import AppContext
 from shared.db.schema import predictions
 from shared.ingestion.validation import InvalidReading, check_id
@@ -65,12 +65,9 @@ def parse_time(name: str, value: Any) -> datetime:
     if not isinstance(value, str):
         raise BadRequest(f"{name} must be an ISO-8601 string")
     try:
-        ts = datetime.fromisoformat(value)
+        return parse_utc(value)
     except ValueError:
         raise BadRequest(f"{name}={value!r} is not an ISO-8601 timestamp") from None
-    if ts.tzinfo is not None:
-        ts = ts.astimezone(UTC).replace(tzinfo=None)
-    return ts
 
 
 def _limit(req: func.HttpRequest, default: int = 100) -> int:

@@ -23,21 +23,21 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.clock import utcnow
+from shared.clock import parse_utc, utcnow
 from shared.context import AppContext, set_context
 from shared.logs import configure_logging
 from shared.settings import Settings, SettingsError
 
 
 def _time(value: str) -> datetime:
-    ts = datetime.fromisoformat(value)
-    if ts.tzinfo is not None:
-        ts = ts.astimezone(UTC).replace(tzinfo=None)
-    return ts
+    try:
+        return parse_utc(value)
+    except ValueError:
+        raise SystemExit(f"{value!r} is not an ISO-8601 timestamp") from None
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -16,6 +16,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+from shared.clock import parse_utc
 from shared.db.schema import ID_LENGTH
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -66,15 +67,9 @@ def _parse_iso(value: Any) -> datetime:
     if not isinstance(value, str):
         raise InvalidReading(f"ts must be an ISO-8601 string, got {type(value).__name__}")
     try:
-        if value.endswith("Z"):  # the common case: UTC already, no conversion needed
-            ts = datetime.fromisoformat(value[:-1])
-        else:
-            ts = datetime.fromisoformat(value)
+        return parse_utc(value)
     except ValueError:
         raise InvalidReading(f"ts {value!r} is not an ISO-8601 timestamp") from None
-    if ts.tzinfo is not None:
-        ts = ts.astimezone(UTC).replace(tzinfo=None)
-    return ts
 
 
 def parse_ts(value: Any, now: datetime | None = None) -> datetime:
