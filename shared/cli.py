@@ -292,7 +292,7 @@ def score_and_record(ctx: AppContext, window, trigger: str, filters=None, rerun=
     run, created = start_run(ctx, window, trigger, filters, rerun=rerun)
     started = time.perf_counter()
     deliver_predictions(ctx, run.run_id)
-    records.add_timing(ctx.engine, run.run_id, "record", time.perf_counter() - started)
+    records.set_timing(ctx.engine, run.run_id, "record", time.perf_counter() - started)
     return records.get_run(ctx.engine, run.run_id), created
 
 

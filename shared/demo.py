@@ -73,7 +73,7 @@ def run_demo(settings: Settings, args) -> int:
         started = time.perf_counter()
         deliver_predictions(ctx, run.run_id)
         stages["record"] = time.perf_counter() - started
-        records.add_timing(ctx.engine, run.run_id, "record", stages["record"])
+        records.set_timing(ctx.engine, run.run_id, "record", stages["record"])
         run = records.get_run(ctx.engine, run.run_id)
         with ctx.engine.connect() as conn:
             flagged = {

@@ -251,12 +251,13 @@ def update_run(
     conn.execute(statement.values(**values))
 
 
-def add_timing(engine: Engine, run_id: str, stage: str, seconds: float) -> None:
-    """Record how long a stage took (merged into the run's timings)."""
+def set_timing(engine: Engine, run_id: str, stage: str, seconds: float) -> None:
+    """Record how long a stage took (merged into the run's timings; a repeated stage, such as
+    a second delivery of the predictions, replaces its figure rather than adding to it)."""
     with engine.begin() as conn:
         current = conn.execute(select(runs.c.timings).where(runs.c.run_id == run_id)).scalar_one()
         timings = json.loads(current) if current else {}
-        timings[stage] = round(timings.get(stage, 0.0) + seconds, 4)
+        timings[stage] = round(seconds, 4)
         update_run(conn, run_id, timings=timings)
 
 

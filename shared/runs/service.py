@@ -117,7 +117,7 @@ def _prepare_and_submit(ctx: AppContext, run: Run, executor_name: str) -> None:
         records.update_run(
             conn, run.run_id, only_if_active=True, job_id=submission.job_id, job_url=submission.url
         )
-    records.add_timing(
+    records.set_timing(
         ctx.engine, run.run_id, "score" if submission.state == COMPLETED else "submit", elapsed
     )
     if status == records.FAILED:
