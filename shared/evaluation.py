@@ -153,18 +153,20 @@ class SimulatedReport:
         )
 
 
-def evaluate_simulated(
+def simulated_fleet(
     ctx: AppContext,
-    devices: int = 10,
-    sensors: int = 5,
-    hours: float = 5,
-    seed: int = 3,
-    end: datetime = datetime(2026, 2, 1, 12),
-) -> SimulatedReport:
-    """Simulate a fleet with anomalies in its last hour, ingest it through the Event Hubs
-    function, train on the hours before, run the last hour, compare with the labels."""
+    devices: int,
+    sensors: int,
+    hours: float,
+    end: datetime,
+    seed: int,
+    anomaly_share: float = 0.5,
+    workers: int | None = None,
+):
+    """A fleet with anomalies in its last hour, ingested through the Event Hubs function and
+    trained on the hours before it; returns (fleet, the last hour's window)."""
     from shared.local.host import deliver_events
-    from shared.simulate import FleetSpec, iter_event_bodies, labelled_buckets, make_fleet
+    from shared.simulate import FleetSpec, iter_event_bodies, make_fleet
 
     window = Window(end - timedelta(hours=1), end)
     fleet = make_fleet(
@@ -174,13 +176,28 @@ def evaluate_simulated(
             devices=devices,
             sensors_per_device=sensors,
             seed=seed,
-            anomaly_share=0.5,
+            anomaly_share=anomaly_share,
             anomalies_from=window.start,
         )
     )
     for _ in deliver_events(iter_event_bodies(fleet)):
         pass
-    train_models(ctx, fleet.spec.start, window.start)
+    train_models(ctx, fleet.spec.start, window.start, workers=workers)
+    return fleet, window
+
+
+def evaluate_simulated(
+    ctx: AppContext,
+    devices: int = 10,
+    sensors: int = 5,
+    hours: float = 5,
+    seed: int = 3,
+    end: datetime = datetime(2026, 2, 1, 12),
+) -> SimulatedReport:
+    """Simulate a fleet (:func:`simulated_fleet`), run its last hour, compare with the labels."""
+    from shared.simulate import labelled_buckets
+
+    fleet, window = simulated_fleet(ctx, devices, sensors, hours, end, seed)
     run, _ = start_run(ctx, window, "cli")
     deliver_predictions(ctx, run.run_id)
     with ctx.engine.connect() as conn:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from shared.context import AppContext
-from shared.local.host import deliver_events
-from shared.models.training import train_models
+from shared.evaluation import simulated_fleet
 from shared.runs.windows import Window
-from shared.simulate import Fleet, FleetSpec, iter_event_bodies, labelled_buckets, make_fleet
+from shared.simulate import Fleet, labelled_buckets
 
 END = datetime(2026, 3, 2, 12, 0, 0)
 
@@ -36,20 +35,7 @@ def build(
     seed: int = 11,
     anomaly_share: float = 0.5,
 ) -> Scenario:
-    window = Window(end - timedelta(hours=1), end)
-    fleet = make_fleet(
-        FleetSpec(
-            start=end - timedelta(hours=hours),
-            end=end,
-            devices=devices,
-            sensors_per_device=sensors,
-            seed=seed,
-            anomaly_share=anomaly_share,
-            anomalies_from=window.start,
-        )
+    fleet, window = simulated_fleet(
+        ctx, devices, sensors, hours, end, seed, anomaly_share, workers=1
     )
-    for _ in deliver_events(iter_event_bodies(fleet), events_per_batch=100):
-        pass
-    report = train_models(ctx, fleet.spec.start, window.start, workers=1)
-    assert len(report.trained) == devices * sensors, report.as_dict()
     return Scenario(fleet, window)
