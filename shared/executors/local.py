@@ -6,20 +6,21 @@ behind ``python -m scoring.score``), and uploads each chunk's errors file and th
 predictions file to the predictions container, where the blob trigger records them.
 
 Scoring is synchronous: ``submit`` returns when every shard is done, with the job already in a
-final state. Workers are spawned, not forked: the parent holds SQL connections and Arrow thread
-pools that must not be duplicated into children.
+final state. Workers come from a fork server (``scoring.score.worker_context``), never from a
+fork of this process: the parent holds SQL connections and Arrow thread pools that must not be
+duplicated into children.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from scoring.score import worker_context
 from shared.blobs import (
     ERRORS_SUFFIX,
     PREDICTIONS_SUFFIX,
@@ -127,7 +128,7 @@ class LocalExecutor:
                 results = [score_shard(self.connection, job, 0, shards[0])]
             else:
                 with ProcessPoolExecutor(
-                    max_workers=len(shards), mp_context=multiprocessing.get_context("spawn")
+                    max_workers=len(shards), mp_context=worker_context(["shared.executors.local"])
                 ) as pool:
                     futures = [
                         pool.submit(score_shard, self.connection, job, i, shard)

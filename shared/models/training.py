@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 from sqlalchemy import insert
 
+from scoring.score import worker_context
 from shared.blobs import model_set_blob
 from shared.clock import utcnow
 from shared.context import AppContext
@@ -213,7 +213,9 @@ def train_models(
             if progress:
                 progress(len(fitted), len(todo))
     else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=worker_context(["shared.models.training"])
+        ) as pool:
             for batch_result in pool.map(_fit_batch, batches, *[[a] * len(batches) for a in args]):
                 fitted += batch_result
                 if progress:
