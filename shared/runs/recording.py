@@ -30,6 +30,7 @@ from scoring.features import ERROR_COLUMNS, PREDICTION_COLUMNS
 from shared.blobs import errors_blob, parse_predictions_blob
 from shared.clock import utcnow
 from shared.context import AppContext
+from shared.db.bulk import bulk_insert
 from shared.db.schema import predictions, run_chunks, run_errors
 from shared.runs import records
 
@@ -128,8 +129,7 @@ def record_predictions_blob(
                 predictions.c.run_id == run_id, predictions.c.chunk_id == chunk_id
             )
         )
-        if rows:
-            conn.execute(insert(predictions), rows)
+        bulk_insert(conn, predictions, PREDICTION_ROW, rows)
         _replace_errors(conn, run_id, chunk_id, sensor_errors)
         conn.execute(
             update(run_chunks)
@@ -167,29 +167,33 @@ def record_predictions_blob(
     )
 
 
-def _prediction_rows(table: pa.Table, run_id: str, chunk_id: str) -> list[dict]:
-    """Rows for the predictions table (naive-UTC bucket starts, plain Python values)."""
+PREDICTION_ROW = (
+    "run_id",
+    "chunk_id",
+    "device",
+    "sensor",
+    "bucket_start",
+    "count",
+    "mean",
+    "min",
+    "max",
+    "std",
+    "score",
+    "is_anomaly",
+    "model_version",
+)
+
+
+def _prediction_rows(table: pa.Table, run_id: str, chunk_id: str) -> list[tuple]:
+    """Rows for the predictions table in ``PREDICTION_ROW`` order (naive-UTC bucket starts)."""
     bucket = table.column("bucket_start")
     if pa.types.is_timestamp(bucket.type) and bucket.type.tz is not None:
         bucket = bucket.cast(pa.timestamp("us"))
-    columns = {
-        "device": table.column("device").to_pylist(),
-        "sensor": table.column("sensor").to_pylist(),
-        "bucket_start": bucket.to_pylist(),
-        "count": table.column("count").to_pylist(),
-        "mean": table.column("mean").to_pylist(),
-        "min": table.column("min").to_pylist(),
-        "max": table.column("max").to_pylist(),
-        "std": table.column("std").to_pylist(),
-        "score": table.column("score").to_pylist(),
-        "is_anomaly": table.column("is_anomaly").to_pylist(),
-        "model_version": table.column("model_version").to_pylist(),
-    }
-    names = list(columns)
-    return [
-        {"run_id": run_id, "chunk_id": chunk_id, **dict(zip(names, values, strict=True))}
-        for values in zip(*columns.values(), strict=True)
+    columns = [
+        bucket.to_pylist() if name == "bucket_start" else table.column(name).to_pylist()
+        for name in PREDICTION_ROW[2:]
     ]
+    return [(run_id, chunk_id, *values) for values in zip(*columns, strict=True)]
 
 
 def _replace_errors(conn, run_id: str, chunk_id: str, errors: Sequence[tuple]) -> None:
