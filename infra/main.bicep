@@ -76,8 +76,8 @@ param clientIpAddress string = ''
 
 // ---- Function App ------------------------------------------------------------------------------
 
-@description('Upper bound of Flex Consumption instances of the Function App.')
-@minValue(1)
+@description('Upper bound of Flex Consumption instances of the Function App (Flex Consumption accepts 40 to 1000).')
+@minValue(40)
 @maxValue(1000)
 param functionMaximumInstanceCount int = 100
 

@@ -45,8 +45,8 @@ param azureMLIdleSeconds int = 300
 ])
 param azureMLVmPriority string = 'Dedicated'
 
-@description('Upper bound of Flex Consumption instances.')
-@minValue(1)
+@description('Upper bound of Flex Consumption instances (the plan accepts 40 to 1000).')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 100
 
