@@ -392,6 +392,14 @@ output AZUREML_SUBSCRIPTION_ID string = subscription().subscriptionId
 output AZUREML_RESOURCE_GROUP string = rg.name
 output AZUREML_WORKSPACE string = azureml.outputs.workspaceName
 output AZUREML_COMPUTE string = azureml.outputs.computeName
+// The cluster as Bicep made it, in the app's own setting names (the Function App gets the same
+// values): `azureml provision` run later with `azd env get-values` loaded agrees with Bicep.
+output AZUREML_VM_SIZE string = computeVmSize
+output AZUREML_TIER string = computeVmPriority == 'LowPriority' ? 'low_priority' : 'dedicated'
+output AZUREML_MIN_NODES string = string(computeMinNodes)
+output AZUREML_MAX_NODES string = string(computeMaxNodes)
+output AZUREML_IDLE_SECONDS string = string(computeIdleSeconds)
+output AZUREML_IDENTITY_RESOURCE_ID string = identity.outputs.id
 
 output STREAM_ANALYTICS_JOB_NAME string = streamAnalytics.outputs.name
 

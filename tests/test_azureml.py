@@ -720,6 +720,10 @@ class FakeOperations:
         self.sent.append(entity)
         return SimpleNamespace(result=lambda: entity)
 
+    def begin_update(self, entity):
+        self.sent.append(entity)
+        return SimpleNamespace(result=lambda: entity)
+
     def create_or_update(self, entity):
         self.sent.append(entity)
         return entity
@@ -751,15 +755,15 @@ def test_provision_creates_cluster_and_registers_environment_once(aml_settings):
     assert report["environment"]["reference"] == "azureml:scoring-env:7"
     assert len(client.environments.sent) == 1
 
-    # Second time: the environment exists unchanged, the cluster is updated in place and keeps
-    # the identity it has when none is configured.
+    # Second time: the environment exists unchanged, and so does the cluster, which keeps the
+    # identity it has when none is configured: nothing is sent.
     (cluster,) = client.compute.sent
     again = SimpleNamespace(
         compute=FakeOperations(existing=cluster),
         environments=FakeOperations(existing=environment_definition(aml_settings)),
     )
     report = provision(aml_settings, again)
-    assert report["compute"]["action"] == "updated"
+    assert report["compute"]["action"] == "unchanged" and not again.compute.sent
     assert report["compute"]["identity"] == [IDENTITY_ID]
     assert report["environment"]["action"] == "exists" and not again.environments.sent
 
@@ -773,6 +777,132 @@ def test_provision_reports_a_stale_environment_version(aml_settings):
     report = provision(aml_settings, client)
     assert report["environment"]["action"] == "stale"
     assert "AZUREML_ENVIRONMENT_VERSION" in report["environment"]["message"]
+
+
+def bicep_cluster(**overrides):
+    """The cluster as Azure returns it after ``azd provision`` created it from
+    ``infra/app/azureml.bicep`` (its REST body, VM size in Azure's upper case, azd's tags)."""
+    scale = {"minNodeCount": 0, "maxNodeCount": 4, "nodeIdleTimeBeforeScaleDown": "PT600S"}
+    scale.update(overrides.pop("scale", {}))
+    from azure.ai.ml._restclient.arm_ml_service.models import ComputeResource
+    from azure.ai.ml.entities import Compute
+
+    body = {
+        "id": "/subscriptions/0/resourceGroups/rg-scoring/providers/"
+        "Microsoft.MachineLearningServices/workspaces/mlw-scoring/computes/cpu-test",
+        "name": "cpu-test",
+        "location": "westeurope",
+        "tags": {"azd-env-name": "scoring-dev"},
+        "identity": {
+            "type": "UserAssigned",
+            "userAssignedIdentities": {IDENTITY_ID: {"principalId": "p", "clientId": CLIENT_ID}},
+        },
+        "properties": {
+            "computeType": "AmlCompute",
+            "description": "CPU cluster for the scoring steps; scales to zero between runs",
+            "disableLocalAuth": True,
+            "provisioningState": "Succeeded",
+            "properties": {
+                "vmSize": "STANDARD_D4AS_V4",
+                "vmPriority": overrides.pop("vmPriority", "LowPriority"),
+                "osType": "Linux",
+                "remoteLoginPortPublicAccess": "Disabled",
+                "enableNodePublicIp": True,
+                "scaleSettings": scale,
+            },
+        },
+    }
+    assert not overrides
+    return Compute._from_rest_object(ComputeResource(body))
+
+
+def bicep_output_settings(aml_settings, **env) -> Settings:
+    """Settings as ``azd env get-values`` gives them after ``azd provision`` (Bicep outputs)."""
+    return Settings.from_env(
+        {
+            **AZUREML_ENV,
+            "AZUREML_IDENTITY_RESOURCE_ID": IDENTITY_ID,
+            "DATA_DIR": str(aml_settings.data_dir),
+            **env,
+        }
+    )
+
+
+def test_provision_after_azd_provision_leaves_the_bicep_cluster_alone(aml_settings):
+    """``azureml provision`` right after ``azd provision``: the cluster Bicep created already
+    has the settings' values, so nothing is sent to Azure ML (its endpoint is mocked here)."""
+    from shared.azureml.provision import environment_definition, provision
+
+    client = SimpleNamespace(
+        compute=FakeOperations(existing=bicep_cluster()),
+        environments=FakeOperations(existing=environment_definition(aml_settings)),
+    )
+    report = provision(bicep_output_settings(aml_settings), client)
+    assert report["compute"]["action"] == "unchanged"
+    assert client.compute.sent == []
+    assert report["compute"]["tier"] == "low_priority"
+
+
+def test_provision_updates_only_the_scale_of_a_bicep_cluster(aml_settings):
+    """A new AZUREML_MAX_NODES updates the existing cluster (Azure ML mocked): the entity sent is
+    the cluster as it exists with new scale settings, so its VM priority, tags, description and
+    local-auth setting stay what Bicep made them (a full definition would have replaced them)."""
+    from shared.azureml.provision import provision
+
+    client = SimpleNamespace(
+        compute=FakeOperations(existing=bicep_cluster()), environments=FakeOperations()
+    )
+    settings = bicep_output_settings(aml_settings, AZUREML_MAX_NODES="8")
+    report = provision(settings, client)
+    assert report["compute"]["action"] == "updated"
+    assert report["compute"]["differences"] == {"max_nodes": [4, 8]}
+    (sent,) = client.compute.sent
+    rest = sent._to_rest_object().as_dict()
+    assert rest["tags"] == {"azd-env-name": "scoring-dev"}
+    props = rest["properties"]
+    assert props["description"].startswith("CPU cluster for the scoring steps")
+    assert props["disableLocalAuth"] is True
+    assert props["properties"]["vmPriority"] == "LowPriority"
+    assert props["properties"]["vmSize"] == "STANDARD_D4AS_V4"
+    assert props["properties"]["scaleSettings"]["maxNodeCount"] == 8
+    assert props["properties"]["remoteLoginPortPublicAccess"] == "Disabled"
+    assert list(rest["identity"]["userAssignedIdentities"]) == [IDENTITY_ID]
+
+
+def test_provision_never_sends_a_vm_priority_bicep_did_not_choose(aml_settings):
+    """Settings that disagree with the deployed cluster's priority (AZUREML_TIER unset, so
+    ``dedicated``, against a LowPriority cluster): nothing is sent and the report says why and
+    what to set (Azure ML mocked)."""
+    from shared.azureml.provision import provision
+
+    client = SimpleNamespace(
+        compute=FakeOperations(existing=bicep_cluster()), environments=FakeOperations()
+    )
+    report = provision(bicep_output_settings(aml_settings, AZUREML_TIER="dedicated"), client)
+    assert report["compute"]["action"] == "differs"
+    assert report["compute"]["differences"]["tier"] == ["low_priority", "dedicated"]
+    assert "AZUREML_TIER" in report["compute"]["message"]
+    assert client.compute.sent == []
+
+
+def test_dump_job_command_writes_the_runs_job(aml_settings, tmp_path, monkeypatch):
+    """``python -m shared.azureml dump-job`` (it crashed: compute_client_id() without settings)."""
+    from azure.ai.ml import load_job
+    from azure.ai.ml.entities import ManagedIdentityConfiguration
+
+    from shared.azureml.__main__ import main
+
+    for name, value in {**AZUREML_ENV, "AZURE_CLIENT_ID": CLIENT_ID}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    out = tmp_path / "dump" / "job.yml"
+    assert main(["dump-job", RUN_ID, "--out", str(out), "--chunk-id", "c0000"]) == 0
+    job = load_job(out)
+    (node,) = job.jobs.values()
+    assert "--chunk c0000.parquet" in node.command
+    assert isinstance(node.identity, ManagedIdentityConfiguration)
+    assert node.identity.client_id == CLIENT_ID
+    assert (tmp_path / "dump" / "job-code" / "scoring" / "score.py").exists()
 
 
 # --------------------------------------------------------------------------- import cost

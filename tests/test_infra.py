@@ -29,9 +29,7 @@ def bicep_params(path) -> dict[str, dict]:
     params = {}
     for m in _PARAM.finditer(path.read_text()):
         decorators = m.group("decorators")
-        bounds = {
-            k: int(v) for k, v in re.findall(r"@(minValue|maxValue)\((-?\d+)\)", decorators)
-        }
+        bounds = {k: int(v) for k, v in re.findall(r"@(minValue|maxValue)\((-?\d+)\)", decorators)}
         params[m.group("name")] = {
             "type": m.group("type"),
             "default": (m.group("default") or "").strip() or None,
@@ -69,3 +67,33 @@ def test_azd_parameter_default_for_instance_count_is_valid():
     default = re.fullmatch(r"\$\{FUNCTION_MAX_INSTANCES=(\d+)\}", value)
     assert default, value
     assert FLEX_MIN_INSTANCES <= int(default.group(1)) <= FLEX_MAX_INSTANCES
+
+
+def test_azd_environment_carries_the_clusters_settings_as_bicep_made_it():
+    """``azureml provision`` after ``azd provision`` reads its AZUREML_* cluster settings from
+    the azd environment: main.bicep outputs each one the Function App gets, from the same
+    parameter, so the two cannot disagree (VM size, priority/tier, scale, identity)."""
+    main = (INFRA / "main.bicep").read_text()
+    outputs = dict(re.findall(r"^output (AZUREML_\w+) string = (.+)$", main, re.M))
+    app = (INFRA / "app" / "function-app.bicep").read_text()
+    app_settings = dict(re.findall(r"^\s+(AZUREML_\w+): (.+)$", app, re.M))
+    cluster = {
+        "AZUREML_COMPUTE",
+        "AZUREML_VM_SIZE",
+        "AZUREML_TIER",
+        "AZUREML_MIN_NODES",
+        "AZUREML_MAX_NODES",
+        "AZUREML_IDLE_SECONDS",
+        "AZUREML_IDENTITY_RESOURCE_ID",
+    }
+    assert cluster <= set(app_settings)
+    assert cluster <= set(outputs), f"not output for azd: {cluster - set(outputs)}"
+    # The tier is derived from the same priority parameter, with the same mapping.
+    assert (
+        "computeVmPriority == 'LowPriority' ? 'low_priority' : 'dedicated'"
+        in outputs["AZUREML_TIER"]
+    )
+    assert (
+        "azureMLVmPriority == 'LowPriority' ? 'low_priority' : 'dedicated'"
+        in app_settings["AZUREML_TIER"]
+    )

@@ -55,7 +55,7 @@ def dump_job(settings: Settings, run_id: str, out: Path, chunk_ids: Sequence[str
     )
     code_dir = stage_code(out.with_name(f"{out.stem}-code"))
     pipeline_job = build_pipeline_job(
-        job, settings, code_dir=code_dir, client_id=compute_client_id()
+        job, settings, code_dir=code_dir, client_id=compute_client_id(settings)
     )
     return dump_pipeline_job(pipeline_job, out)
 

@@ -2,7 +2,10 @@
 
 ``infra/`` creates the same cluster in Bicep at deployment; this module is for everything after:
 changing ``AZUREML_MAX_NODES`` or ``AZUREML_IDLE_SECONDS`` without a redeployment, registering a
-new scoring environment version, or a workspace that was not created by ``infra/``.
+new scoring environment version, or a workspace that was not created by ``infra/``. It never
+fights Bicep: the azd environment carries the cluster's ``AZUREML_*`` values as Bicep outputs,
+and an existing cluster is sent only what differs from the settings (nothing when nothing
+does), never a full definition that would replace its tags or VM priority.
 
 Cost is the point of the cluster settings: **min 0 nodes** (nothing runs, nothing is billed
 between runs), max nodes bounding the bill of one run (the executor never plans more steps than
@@ -127,30 +130,48 @@ def provision(
 
     Notes
     -----
-    Without an identity resource id, an existing cluster keeps the identity it has (an update
-    must not detach the identity the jobs run as). Azure does not change the VM size of an
-    existing cluster: change ``AZUREML_VM_SIZE`` together with a new ``AZUREML_COMPUTE`` name.
+    An existing cluster (the one ``azd provision`` created) is left alone when it already has
+    the settings' values, and otherwise only its scale settings or identity are updated: see
+    :func:`_reconcile_cluster`. Its compute action is ``created``, ``updated``, ``unchanged`` or
+    ``differs`` (VM size or tier differ: Azure cannot change them in place, so nothing is sent
+    and the report says what to do). Without an identity resource id, an existing cluster keeps
+    the identity it has (an update must not detach the identity the jobs run as).
     """
     client = ml_client if ml_client is not None else make_ml_client(settings)
     resource_id = identity_resource_id(settings)
 
     existing_cluster = _existing(client.compute.get, settings.azureml.compute)
-    cluster = cluster_definition(settings, identity_resource_id=resource_id)
-    if cluster.identity is None and existing_cluster is not None:
-        cluster.identity = getattr(existing_cluster, "identity", None)
-    poller = client.compute.begin_create_or_update(cluster)
-    if wait:
-        poller.result()
+    wanted = cluster_definition(settings, identity_resource_id=resource_id)
+    if existing_cluster is None:
+        cluster, action, differences = wanted, "created", {}
+        poller = client.compute.begin_create_or_update(cluster)
+        if wait:
+            poller.result()
+    else:
+        cluster, action, differences = _reconcile_cluster(client, existing_cluster, wanted, wait)
     compute_report = {
         "name": cluster.name,
-        "action": "updated" if existing_cluster is not None else "created",
+        "action": action,
         "size": cluster.size,
         "tier": cluster.tier,
         "min_nodes": cluster.min_instances,
         "max_nodes": cluster.max_instances,
-        "idle_seconds": cluster.idle_time_before_scale_down,
+        "idle_seconds": _int_or_none(cluster.idle_time_before_scale_down),
         "identity": _identity_ids(cluster.identity),
     }
+    if differences:
+        compute_report["differences"] = differences
+    if action == "differs":
+        compute_report["message"] = (
+            f"cluster {cluster.name} exists with "
+            + ", ".join(f"{k}={v[0]!r}" for k, v in differences.items() if k in _FIXED)
+            + " (settings want "
+            + ", ".join(f"{k}={v[1]!r}" for k, v in differences.items() if k in _FIXED)
+            + "); Azure cannot change these on an existing cluster, so it was left as it is: "
+            "set AZUREML_VM_SIZE / AZUREML_TIER to what Bicep deployed (azd env get-values), or "
+            "name a new cluster with AZUREML_COMPUTE"
+        )
+        log.warning(compute_report["message"])
     log.info("azureml cluster %s", compute_report["action"], extra={"compute": compute_report})
 
     environment = environment_definition(settings)
@@ -178,6 +199,70 @@ def provision(
         env_report["action"] = "exists"
     log.info("azureml environment %s", env_report["action"], extra={"environment": env_report})
     return {"compute": compute_report, "environment": env_report}
+
+
+# Fixed at creation: Azure rejects a change of VM size or priority on an existing cluster.
+_FIXED = ("size", "tier")
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _cluster_differences(existing: AmlCompute, wanted: AmlCompute) -> dict[str, list]:
+    """``field -> [existing, wanted]`` for what the settings want and the cluster lacks.
+
+    Compared: VM size (Azure reports it in upper case) and tier, the scale settings, and the
+    identity when one is configured. Description, tags, ``disableLocalAuth``, node public IP and
+    the like are not settings of this app: whatever Bicep (or anyone) gave them is kept.
+    """
+    differences: dict[str, list] = {}
+    if (existing.size or "").lower() != (wanted.size or "").lower():
+        differences["size"] = [existing.size, wanted.size]
+    if (existing.tier or "dedicated") != (wanted.tier or "dedicated"):
+        differences["tier"] = [existing.tier, wanted.tier]
+    for name, have, want in (
+        ("min_nodes", existing.min_instances, wanted.min_instances),
+        ("max_nodes", existing.max_instances, wanted.max_instances),
+        (
+            "idle_seconds",
+            _int_or_none(existing.idle_time_before_scale_down),
+            _int_or_none(wanted.idle_time_before_scale_down),
+        ),
+    ):
+        if have != want:
+            differences[name] = [have, want]
+    wanted_ids = {i.lower() for i in _identity_ids(wanted.identity)}
+    existing_ids = {i.lower() for i in _identity_ids(getattr(existing, "identity", None))}
+    if wanted_ids - existing_ids:
+        differences["identity"] = [sorted(existing_ids), sorted(wanted_ids)]
+    return differences
+
+
+def _reconcile_cluster(
+    client: MLClient, existing: AmlCompute, wanted: AmlCompute, wait: bool
+) -> tuple[AmlCompute, str, dict[str, list]]:
+    """Bring an existing cluster to the settings, touching only what differs.
+
+    Nothing differs: nothing is sent (``unchanged``). Only scale settings or the identity
+    differ: the cluster *as it exists* is updated with those (``updated``), so its tags,
+    description, priority and local-auth setting stay what Bicep made them. VM size or tier
+    differ: nothing is sent (``differs``), since Azure cannot change them in place.
+    """
+    differences = _cluster_differences(existing, wanted)
+    if not differences:
+        return existing, "unchanged", {}
+    if any(k in differences for k in _FIXED):
+        return existing, "differs", differences
+    existing.min_instances = wanted.min_instances
+    existing.max_instances = wanted.max_instances
+    existing.idle_time_before_scale_down = wanted.idle_time_before_scale_down
+    if "identity" in differences:
+        existing.identity = wanted.identity
+    poller = client.compute.begin_update(existing)
+    if wait:
+        poller.result()
+    return existing, "updated", differences
 
 
 def _identity_ids(identity: IdentityConfiguration | None) -> list[str]:
