@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.dialects import mssql, postgresql, sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 
 from shared.context import AppContext, set_context
 from shared.db import migrate
-from shared.db.dialects import insert_if_absent
+from shared.db.dialects import insert_if_absent, mssql_dialect
 from shared.db.engine import engine_for_url
 from shared.local.azurite import start_azurite
 from shared.local.postgres import start_postgres
@@ -27,7 +27,8 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 NAB = ROOT.parent / "shared" / "data" / "nab"
-MSSQL = mssql.pyodbc.dialect()
+# As the app's engines have it once connected to Azure SQL (VARCHAR(max), not TEXT).
+MSSQL = mssql_dialect()
 
 
 @pytest.fixture(scope="session")

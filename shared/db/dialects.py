@@ -9,6 +9,9 @@ Two things differ between SQLite, PostgreSQL and SQL Server here:
   ... WHERE NOT EXISTS`` on SQL Server, which has no ON CONFLICT).
 
 Tests compile every statement for ``mssql+pyodbc`` as well as running it on SQLite and PostgreSQL.
+
+Compiling for SQL Server without a server (the offline migration script, the tests) needs the
+dialect as a connection would leave it: :func:`mssql_dialect`.
 """
 
 from __future__ import annotations
@@ -16,9 +19,39 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import BigInteger, Table, and_, bindparam, exists, insert, literal_column, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mssql, postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
+
+# Options every SQL Server engine is made with. deprecate_large_types: Text is VARCHAR(max), never
+# the deprecated TEXT (which cannot be compared, grouped or sorted). SQLAlchemy would infer it from
+# the server version on connect, but a dialect that never connects (offline) would render TEXT.
+MSSQL_DIALECT_OPTIONS = {"deprecate_large_types": True}
+# What Azure SQL Database reports as its version (SELECT SERVERPROPERTY('ProductVersion')).
+AZURE_SQL_VERSION = (12, 0, 2000, 8)
+
+
+def as_connected_to_azure_sql(dialect: Dialect) -> Dialect:
+    """Set up an mssql ``dialect`` that has not connected as connecting to Azure SQL would.
+
+    ``MSDialect.initialize`` derives version-dependent rendering from ``server_version_info``
+    on the first connection; a dialect compiling offline has none (``()``), so it renders as
+    for SQL Server 2000 (``TEXT``, ``DATETIME`` for ``Date``). This applies what initialize
+    would, without a server.
+    """
+    if dialect.name != "mssql":
+        return dialect
+    for name, value in MSSQL_DIALECT_OPTIONS.items():
+        setattr(dialect, name, value)
+    dialect.server_version_info = AZURE_SQL_VERSION
+    dialect._setup_version_attributes()  # the version-derived part of MSDialect.initialize
+    return dialect
+
+
+def mssql_dialect() -> Dialect:
+    """The ``mssql+pyodbc`` dialect as the app's engines have it once connected to Azure SQL."""
+    return as_connected_to_azure_sql(mssql.pyodbc.dialect(**MSSQL_DIALECT_OPTIONS))
 
 
 class epoch_seconds(FunctionElement):

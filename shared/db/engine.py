@@ -20,6 +20,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from shared.db.dialects import MSSQL_DIALECT_OPTIONS
 from shared.settings import Settings
 
 # pyodbc connection attribute for an Entra access token (msodbcsql.h).
@@ -45,7 +46,9 @@ def engine_for_url(url: str) -> Engine:
         return engine
     if parsed.get_backend_name() == "mssql":
         # fast_executemany sends a bulk insert as one parameter array instead of row by row.
-        return create_engine(url, fast_executemany=True, pool_pre_ping=True)
+        return create_engine(
+            url, fast_executemany=True, pool_pre_ping=True, **MSSQL_DIALECT_OPTIONS
+        )
     return create_engine(url, pool_pre_ping=True)
 
 
@@ -72,7 +75,10 @@ def azure_sql_engine(server: str, database: str, credential=None) -> Engine:
     """An mssql+pyodbc engine whose connections authenticate with an Entra access token."""
     odbc = urllib.parse.quote_plus(azure_sql_odbc_string(server, database))
     engine = create_engine(
-        f"mssql+pyodbc:///?odbc_connect={odbc}", fast_executemany=True, pool_pre_ping=True
+        f"mssql+pyodbc:///?odbc_connect={odbc}",
+        fast_executemany=True,
+        pool_pre_ping=True,
+        **MSSQL_DIALECT_OPTIONS,
     )
     if credential is None:
         from azure.identity import DefaultAzureCredential

@@ -1,7 +1,10 @@
 """The SQL schema, in SQLAlchemy Core: one place for every table the app uses.
 
-Timestamps are naive UTC everywhere (``DATETIME2`` on SQL Server, ``timestamp`` on PostgreSQL,
-ISO text on SQLite); the code converts at the edges. Identifiers (device, sensor) are bounded
+Timestamps are naive UTC everywhere (``DATETIME2(6)`` on SQL Server, ``timestamp`` on PostgreSQL,
+ISO text on SQLite), all with microseconds; the code converts at the edges. Every timestamp
+column uses :data:`Timestamp`: plain ``DateTime`` compiles to ``DATETIME`` on SQL Server, which
+rounds to 1/300 s, so a redelivered reading with sub-second time would no longer equal its
+stored copy and its insert would violate the key. Identifiers (device, sensor) are bounded
 strings validated on ingestion, because they later become blob path segments.
 
 Schema changes go through Alembic (``shared/db/migrations``); a test checks that the migrations
@@ -25,8 +28,14 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects import mssql
 
 ID_LENGTH = 64
+
+# The one timestamp type: microsecond DATETIME2 on SQL Server, the dialect's default elsewhere.
+# (A with_variant of DateTime, not a TypeDecorator, so code that checks isinstance(DateTime) and
+# the migrations' autogenerate comparison see a plain DateTime.)
+Timestamp = DateTime().with_variant(mssql.DATETIME2(precision=6), "mssql")
 
 metadata = MetaData(
     naming_convention={
@@ -48,7 +57,7 @@ def _id(name: str, nullable: bool = False) -> Column:
 readings = Table(
     "readings",
     metadata,
-    Column("ts", DateTime(), nullable=False),
+    Column("ts", Timestamp, nullable=False),
     _id("device"),
     _id("sensor"),
     Column("value", Float(), nullable=False),
@@ -65,9 +74,9 @@ model_sets = Table(
     Column("format", String(32), nullable=False),
     Column("blob_path", String(512), nullable=False),
     Column("n_models", Integer(), nullable=False),
-    Column("train_start", DateTime(), nullable=False),
-    Column("train_end", DateTime(), nullable=False),
-    Column("created_at", DateTime(), nullable=False),
+    Column("train_start", Timestamp, nullable=False),
+    Column("train_end", Timestamp, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
 )
 
 # The registry: every version of every sensor's model.
@@ -83,12 +92,12 @@ models = Table(
     Column("training_key", String(64), nullable=False),
     Column("estimator", String(200), nullable=False),
     Column("features", String(200), nullable=False),
-    Column("train_start", DateTime(), nullable=False),
-    Column("train_end", DateTime(), nullable=False),
+    Column("train_start", Timestamp, nullable=False),
+    Column("train_end", Timestamp, nullable=False),
     Column("n_samples", Integer(), nullable=False),
     Column("threshold", Float(), nullable=True),
     Column("calibration", Text(), nullable=True),
-    Column("created_at", DateTime(), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
     PrimaryKeyConstraint("device", "sensor", "version", name="pk_models"),
     # Re-training the same sensor on the same window with the same spec is a no-op.
     UniqueConstraint("device", "sensor", "training_key"),
@@ -103,7 +112,7 @@ active_models = Table(
     _id("device"),
     _id("sensor"),
     Column("version", Integer(), nullable=False),
-    Column("activated_at", DateTime(), nullable=False),
+    Column("activated_at", Timestamp, nullable=False),
     PrimaryKeyConstraint("device", "sensor", name="pk_active_models"),
     ForeignKeyConstraint(
         ["device", "sensor", "version"], ["models.device", "models.sensor", "models.version"]
@@ -116,8 +125,8 @@ runs = Table(
     Column("run_id", String(64), primary_key=True),
     # Unique run key: the window (and filters) a run covers. A double fire inserts nothing.
     Column("run_key", String(255), nullable=False, unique=True),
-    Column("window_start", DateTime(), nullable=False),
-    Column("window_end", DateTime(), nullable=False),
+    Column("window_start", Timestamp, nullable=False),
+    Column("window_end", Timestamp, nullable=False),
     Column("trigger", String(16), nullable=False),
     Column("executor", String(16), nullable=False),
     Column("job_id", String(255), nullable=True),
@@ -134,10 +143,10 @@ runs = Table(
     Column("n_sensor_errors", Integer(), nullable=False, default=0),
     Column("timings", Text(), nullable=True),
     Column("error", Text(), nullable=True),
-    Column("created_at", DateTime(), nullable=False),
-    Column("submitted_at", DateTime(), nullable=True),
-    Column("finished_at", DateTime(), nullable=True),
-    Column("updated_at", DateTime(), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("submitted_at", Timestamp, nullable=True),
+    Column("finished_at", Timestamp, nullable=True),
+    Column("updated_at", Timestamp, nullable=False),
     Index(None, "status", "created_at"),
     Index(None, "window_end"),
 )
@@ -157,7 +166,7 @@ run_chunks = Table(
     Column("n_anomalies", Integer(), nullable=False, default=0),
     Column("n_errors", Integer(), nullable=False, default=0),
     Column("error", Text(), nullable=True),
-    Column("recorded_at", DateTime(), nullable=True),
+    Column("recorded_at", Timestamp, nullable=True),
     PrimaryKeyConstraint("run_id", "chunk_id", name="pk_run_chunks"),
     ForeignKeyConstraint(["run_id"], ["runs.run_id"]),
 )
@@ -169,7 +178,7 @@ predictions = Table(
     Column("chunk_id", String(64), nullable=False),
     _id("device"),
     _id("sensor"),
-    Column("bucket_start", DateTime(), nullable=False),
+    Column("bucket_start", Timestamp, nullable=False),
     Column("count", Integer(), nullable=False),
     Column("mean", Float(), nullable=True),
     Column("min", Float(), nullable=True),
@@ -206,5 +215,5 @@ dead_letters = Table(
     Column("source", String(32), nullable=False),
     Column("n_items", Integer(), nullable=False),
     Column("first_reason", Text(), nullable=False),
-    Column("created_at", DateTime(), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
 )

@@ -10,12 +10,21 @@ config = context.config
 
 
 def _run_offline() -> None:
+    from sqlalchemy.engine import make_url
+
+    from shared.db.dialects import MSSQL_DIALECT_OPTIONS, as_connected_to_azure_sql
+
+    url = make_url(config.get_main_option("sqlalchemy.url"))
     context.configure(
-        url=config.get_main_option("sqlalchemy.url"),
+        url=url,
+        dialect_opts=MSSQL_DIALECT_OPTIONS if url.get_backend_name() == "mssql" else {},
         target_metadata=metadata,
         literal_binds=True,
         render_as_batch=False,
     )
+    # Offline, the dialect never connects, so nothing sets what the online upgrade's dialect
+    # learns from the server (SQL Server: VARCHAR(max) instead of TEXT): set it as Azure SQL's.
+    as_connected_to_azure_sql(context.get_context().dialect)
     with context.begin_transaction():
         context.run_migrations()
 

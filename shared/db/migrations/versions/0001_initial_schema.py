@@ -3,10 +3,18 @@
 Revision ID: 0001
 Revises:
 Create Date: 2026-11-21 22:24:59.830176
+
+Timestamps are ``DATETIME2(6)`` on SQL Server (edited after release: this revision first created
+``DATETIME``; databases made that way are converted by 0002, fresh ones are created right here so
+the install script never holds the deprecated, 1/300-s type).
 """
 
 from alembic import op
 import sqlalchemy as sa
+from sqlalchemy.dialects import mssql
+
+# A frozen copy of shared.db.schema.Timestamp (migrations never import the live schema).
+Timestamp = sa.DateTime().with_variant(mssql.DATETIME2(precision=6), "mssql")
 
 
 revision = "0001"
@@ -23,7 +31,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=32), nullable=False),
         sa.Column("n_items", sa.Integer(), nullable=False),
         sa.Column("first_reason", sa.Text(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", Timestamp, nullable=False),
         sa.PrimaryKeyConstraint("blob_path", name=op.f("pk_dead_letters")),
     )
     op.create_table(
@@ -32,9 +40,9 @@ def upgrade() -> None:
         sa.Column("format", sa.String(length=32), nullable=False),
         sa.Column("blob_path", sa.String(length=512), nullable=False),
         sa.Column("n_models", sa.Integer(), nullable=False),
-        sa.Column("train_start", sa.DateTime(), nullable=False),
-        sa.Column("train_end", sa.DateTime(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("train_start", Timestamp, nullable=False),
+        sa.Column("train_end", Timestamp, nullable=False),
+        sa.Column("created_at", Timestamp, nullable=False),
         sa.PrimaryKeyConstraint("set_id", name=op.f("pk_model_sets")),
     )
     op.create_table(
@@ -43,7 +51,7 @@ def upgrade() -> None:
         sa.Column("chunk_id", sa.String(length=64), nullable=False),
         sa.Column("device", sa.String(length=64), nullable=False),
         sa.Column("sensor", sa.String(length=64), nullable=False),
-        sa.Column("bucket_start", sa.DateTime(), nullable=False),
+        sa.Column("bucket_start", Timestamp, nullable=False),
         sa.Column("count", sa.Integer(), nullable=False),
         sa.Column("mean", sa.Float(), nullable=True),
         sa.Column("min", sa.Float(), nullable=True),
@@ -68,7 +76,7 @@ def upgrade() -> None:
 
     op.create_table(
         "readings",
-        sa.Column("ts", sa.DateTime(), nullable=False),
+        sa.Column("ts", Timestamp, nullable=False),
         sa.Column("device", sa.String(length=64), nullable=False),
         sa.Column("sensor", sa.String(length=64), nullable=False),
         sa.Column("value", sa.Float(), nullable=False),
@@ -95,8 +103,8 @@ def upgrade() -> None:
         "runs",
         sa.Column("run_id", sa.String(length=64), nullable=False),
         sa.Column("run_key", sa.String(length=255), nullable=False),
-        sa.Column("window_start", sa.DateTime(), nullable=False),
-        sa.Column("window_end", sa.DateTime(), nullable=False),
+        sa.Column("window_start", Timestamp, nullable=False),
+        sa.Column("window_end", Timestamp, nullable=False),
         sa.Column("trigger", sa.String(length=16), nullable=False),
         sa.Column("executor", sa.String(length=16), nullable=False),
         sa.Column("job_id", sa.String(length=255), nullable=True),
@@ -113,10 +121,10 @@ def upgrade() -> None:
         sa.Column("n_sensor_errors", sa.Integer(), nullable=False),
         sa.Column("timings", sa.Text(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("submitted_at", sa.DateTime(), nullable=True),
-        sa.Column("finished_at", sa.DateTime(), nullable=True),
-        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", Timestamp, nullable=False),
+        sa.Column("submitted_at", Timestamp, nullable=True),
+        sa.Column("finished_at", Timestamp, nullable=True),
+        sa.Column("updated_at", Timestamp, nullable=False),
         sa.PrimaryKeyConstraint("run_id", name=op.f("pk_runs")),
         sa.UniqueConstraint("run_key", name=op.f("uq_runs_run_key")),
     )
@@ -137,12 +145,12 @@ def upgrade() -> None:
         sa.Column("training_key", sa.String(length=64), nullable=False),
         sa.Column("estimator", sa.String(length=200), nullable=False),
         sa.Column("features", sa.String(length=200), nullable=False),
-        sa.Column("train_start", sa.DateTime(), nullable=False),
-        sa.Column("train_end", sa.DateTime(), nullable=False),
+        sa.Column("train_start", Timestamp, nullable=False),
+        sa.Column("train_end", Timestamp, nullable=False),
         sa.Column("n_samples", sa.Integer(), nullable=False),
         sa.Column("threshold", sa.Float(), nullable=True),
         sa.Column("calibration", sa.Text(), nullable=True),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", Timestamp, nullable=False),
         sa.ForeignKeyConstraint(
             ["set_id"], ["model_sets.set_id"], name=op.f("fk_models_set_id_model_sets")
         ),
@@ -165,7 +173,7 @@ def upgrade() -> None:
         sa.Column("n_anomalies", sa.Integer(), nullable=False),
         sa.Column("n_errors", sa.Integer(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
-        sa.Column("recorded_at", sa.DateTime(), nullable=True),
+        sa.Column("recorded_at", Timestamp, nullable=True),
         sa.ForeignKeyConstraint(
             ["run_id"], ["runs.run_id"], name=op.f("fk_run_chunks_run_id_runs")
         ),
@@ -176,7 +184,7 @@ def upgrade() -> None:
         sa.Column("device", sa.String(length=64), nullable=False),
         sa.Column("sensor", sa.String(length=64), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
-        sa.Column("activated_at", sa.DateTime(), nullable=False),
+        sa.Column("activated_at", Timestamp, nullable=False),
         sa.ForeignKeyConstraint(
             ["device", "sensor", "version"],
             ["models.device", "models.sensor", "models.version"],
