@@ -8,6 +8,7 @@ expressions), the same settings ``shared.settings.Settings`` reads.
 from __future__ import annotations
 
 import logging
+from typing import List  # noqa: UP035 - the worker refuses list[...] (see ingest_readings)
 
 import azure.functions as func
 
@@ -21,7 +22,7 @@ log = logging.getLogger("function_app")
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
-def _partition(events: list[func.EventHubEvent]) -> str | None:
+def _partition(events: List[func.EventHubEvent]) -> str | None:  # noqa: UP006
     """The partition id of a batch, from the trigger metadata the host passes with it."""
     try:
         context = events[0].metadata.get("PartitionContext") or {}
@@ -47,7 +48,10 @@ def _partition(events: list[func.EventHubEvent]) -> str | None:
     minimum_interval="00:00:02",
     maximum_interval="00:01:00",
 )
-def ingest_readings(events: list[func.EventHubEvent]) -> None:
+# typing.List, not list: the Functions Python worker accepts a bound parameter's annotation only
+# if it is a class or a typing generic, and refuses `list[...]` ("invalid non-type annotation"),
+# failing the whole index (tests/test_worker_index.py runs the worker's check).
+def ingest_readings(events: List[func.EventHubEvent]) -> None:  # noqa: UP006
     ctx = get_context()
     result = ingest_events(
         events, ctx.engine, ctx.store, ctx.settings.deadletter_container, _partition(events)

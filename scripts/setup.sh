@@ -52,6 +52,45 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
   echo "$digest" > "$stamp"
 fi
 
+# --- Worker virtualenv (tests only): the Functions Python worker's indexing code -----------
+# tests/test_worker_index.py indexes function_app.py with azure-functions-runtime (the worker as
+# a library; Python >= 3.13) in a virtualenv holding requirements.txt alone, as a deployment does.
+WORKER_RUNTIME='azure-functions-runtime>=1.3,<2'
+find_python313() {
+  local candidate
+  for candidate in "${PYTHON313:-}" python3.13 python3.14 \
+      "$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"/versions/3.1[3-9]*/bin/python3; do
+    [ -n "$candidate" ] || continue
+    candidate=$(command -v "$candidate" 2>/dev/null) || continue
+    # A pyenv shim exists even when its version is not selected: ask the interpreter itself.
+    if "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 13))' 2>/dev/null; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+if [ "$want_tests" = 1 ]; then
+  if PY313=$(find_python313); then
+    worker_digest=$( (cat requirements.txt; echo "$WORKER_RUNTIME"; "$PY313" --version) \
+      | sha256sum | cut -d' ' -f1)
+    worker_stamp=.venv-worker/.requirements.sha256
+    exec 9>.venv-worker.lock && flock 9  # two setups at once must not build it twice
+    if [ ! -f "$worker_stamp" ] || [ "$(cat "$worker_stamp")" != "$worker_digest" ]; then
+      say "building .venv-worker with $("$PY313" --version) (requirements.txt + $WORKER_RUNTIME)"
+      rm -rf .venv-worker  # clean: nothing but what a deployment installs
+      "$PY313" -m venv .venv-worker
+      .venv-worker/bin/python -m pip install -q --upgrade pip
+      .venv-worker/bin/python -m pip install -q -r requirements.txt "$WORKER_RUNTIME"
+      echo "$worker_digest" > "$worker_stamp"
+    fi
+    exec 9>&-
+  else
+    say "no Python >= 3.13 found (PYTHON313, python3.13, pyenv): the worker-index test will be" \
+      "skipped; install one (e.g. 'pyenv install 3.13') and run this again"
+  fi
+fi
+
 # --- Azurite (Blob Storage emulator) from npm ---------------------------------------------
 lock_digest=$(sha256sum package-lock.json | cut -d' ' -f1)
 if [ ! -x node_modules/.bin/azurite-blob ] || [ "$(cat node_modules/.lock.sha256 2>/dev/null)" != "$lock_digest" ]; then
