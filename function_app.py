@@ -93,6 +93,32 @@ def record_predictions(blob: func.InputStream) -> None:
     log.info("record_predictions done", extra=result.__dict__)
 
 
+# Storage queue: POST /api/runs records a run and queues it; the preparation (aggregate, write
+# chunks, submit) runs here, outside the HTTP request's 230 s. A failure raises, so the host
+# retries (host.json extensions.queues) and finally moves the message to the poison queue; a
+# message no retry can fix (malformed, unknown run) is logged and dropped by the service.
+@app.function_name("prepare_run_request")
+@app.queue_trigger(arg_name="message", queue_name="%RUNS_QUEUE%", connection="ScoringStorage")
+def prepare_run_request(message: func.QueueMessage) -> None:
+    from shared.runs.service import handle_run_request
+
+    outcome = handle_run_request(get_context(), message.get_body(), message.dequeue_count or 1)
+    log.info("prepare_run_request done", extra={"message_id": message.id, "outcome": outcome})
+
+
+# The poison queue of the above: the run whose preparation failed on every delivery ends failed
+# with the last attempt's reason. Never raises because of the message (that would poison it too).
+@app.function_name("fail_poisoned_run_request")
+@app.queue_trigger(
+    arg_name="message", queue_name="%RUNS_QUEUE%-poison", connection="ScoringStorage"
+)
+def fail_poisoned_run_request(message: func.QueueMessage) -> None:
+    from shared.runs.service import handle_poisoned_run_request
+
+    outcome = handle_poisoned_run_request(get_context(), message.get_body())
+    log.info("fail_poisoned_run_request done", extra={"message_id": message.id, "outcome": outcome})
+
+
 def _http(handler_name: str):
     def call(req: func.HttpRequest) -> func.HttpResponse:
         from shared import api

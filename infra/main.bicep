@@ -7,6 +7,7 @@
 //   identity          user-assigned identity shared by the Function App and the compute cluster
 //   monitoring        Log Analytics + Application Insights
 //   storage           Function App storage (no shared key): deployment package + product containers
+//                     + the run-request queue and its poison queue
 //   eventhubs         namespace + `readings` hub + consumer groups `scoring` and `asa`
 //   sql               Entra-only logical server + serverless General Purpose database
 //   azureml           workspace (+ Key Vault, storage, registry), `cpu-cluster`, datastores
@@ -162,6 +163,9 @@ var productContainers = [
   'reports'
 ]
 var computeName = 'cpu-cluster'
+// POST /api/runs queues run requests here; the queue trigger prepares them. The Functions host
+// moves a message that failed maxDequeueCount times to `<queue>-poison` (a second trigger).
+var runsQueue = 'run-requests'
 
 // ---- resources ---------------------------------------------------------------------------------
 
@@ -200,6 +204,10 @@ module storage 'app/storage.bicep' = {
     location: location
     tags: tags
     containerNames: concat([deploymentContainerName], productContainers)
+    queueNames: [
+      runsQueue
+      '${runsQueue}-poison'
+    ]
   }
 }
 
@@ -276,6 +284,7 @@ module functionApp 'app/function-app.bicep' = {
     }
     storageAccountName: storage.outputs.name
     deploymentContainerName: deploymentContainerName
+    runsQueueName: runsQueue
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
     applicationInsightsName: monitoring.outputs.applicationInsightsName
@@ -378,6 +387,7 @@ output EVENTGRID_SYSTEM_TOPIC_NAME string = eventGrid.outputs.name
 // Identity-based connections for running the project CLI from a workstation against Azure
 // (`azd env get-values`, see README); the signed-in az identity is used, not the app's identity.
 output ScoringStorage__accountName string = storage.outputs.name
+output RUNS_QUEUE string = runsQueue
 output EventHubConnection__fullyQualifiedNamespace string = eventHubs.outputs.fullyQualifiedNamespace
 
 output EVENTHUB_NAMESPACE string = eventHubs.outputs.name

@@ -21,9 +21,9 @@ from shared.context import AppContext
 from shared.db.schema import predictions
 from shared.ingestion.validation import InvalidReading, check_id
 from shared.runs import records
-from shared.runs.reconcile import reconcile_run
+from shared.runs.reconcile import reconcile_run_if_due
 from shared.runs.records import RunFilters
-from shared.runs.service import RunRequestError, start_run
+from shared.runs.service import RunQueueError, RunRequestError, request_run
 from shared.runs.windows import Window, latest_window, window_ending
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ def handle(handler, ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse
         return handler(ctx, req)
     except (BadRequest, RunRequestError) as exc:
         return error(400, str(exc))
+    except RunQueueError as exc:
+        return _json({"error": str(exc)}, 503, headers={"Retry-After": "60"})
     except Exception:
         log.exception("unhandled error in HTTP handler", extra={"url": req.url})
         return error(500, "internal error; see the function's logs")
@@ -161,7 +163,9 @@ def start_run_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpRespon
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     window, filters, rerun = parse_start_request(ctx, body)
-    run, created = start_run(ctx, window, "http", filters, rerun=rerun)
+    # Records the run and queues its preparation: the response does not wait for it (an HTTP
+    # trigger is cut at 230 s; preparing a large fleet's day takes longer).
+    run, created = request_run(ctx, window, "http", filters, rerun=rerun)
     url = _status_url(req, run.run_id)
     return _json(
         {
@@ -181,7 +185,9 @@ def get_run_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse
     run = records.get_run(ctx.engine, run_id)
     if run is None:
         return error(404, f"no run {run_id!r}")
-    run = reconcile_run(ctx, run)
+    # At most once per RECONCILE_INTERVAL_SECONDS per run: clients poll this, and each
+    # reconciliation of an Azure ML run is a call to its management API.
+    run = reconcile_run_if_due(ctx, run)
     body = run.as_dict()
     body["errors"] = records.run_errors_of(ctx.engine, run_id, limit=100)
     body["report_url"] = _status_url(req, run_id) + "/report"
@@ -272,21 +278,43 @@ OPENAPI: dict[str, Any] = {
                         "application/json": {"schema": {"$ref": "#/components/schemas/StartRun"}}
                     },
                 },
+                "description": "Records the run (status `pending`) and queues its preparation "
+                "(aggregate, write chunks, submit), which a queue-triggered function does; the "
+                "response does not wait for it. Idempotent: the same window and filters return "
+                "the same run (200) unless `rerun` is true. Poll `status_url` (also in the "
+                "`Location` header).",
                 "responses": {
                     "202": {
-                        "description": "Run created; poll status_url",
+                        "description": "Run recorded and queued; poll status_url",
+                        "headers": {
+                            "Location": {
+                                "description": "The run's status URL",
+                                "schema": {"type": "string"},
+                            }
+                        },
                         "content": {
                             "application/json": {"schema": {"$ref": "#/components/schemas/Started"}}
                         },
                     },
                     "200": {
                         "description": "A run for this window and filters exists already",
+                        "headers": {
+                            "Location": {
+                                "description": "The run's status URL",
+                                "schema": {"type": "string"},
+                            }
+                        },
                         "content": {
                             "application/json": {"schema": {"$ref": "#/components/schemas/Started"}}
                         },
                     },
                     "400": {
                         "description": "Invalid request",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
+                    "503": {
+                        "description": "The run could not be queued (it is recorded as failed "
+                        "with the reason); retry with `rerun` later",
                         "content": {"application/json": {"schema": _ERROR}},
                     },
                 },
@@ -333,6 +361,9 @@ OPENAPI: dict[str, Any] = {
         "/runs/{run_id}": {
             "get": {
                 "summary": "A run's status, counts, timings and errors",
+                "description": "Reconciles the run with its executor's job (a failed Azure ML "
+                "job fails the run) at most once per RECONCILE_INTERVAL_SECONDS per run, so "
+                "polling does not call Azure ML on every request.",
                 "operationId": "getRun",
                 "parameters": [
                     {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}

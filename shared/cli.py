@@ -67,8 +67,8 @@ def _progress(total: int, desc: str):
 
 
 class LocalServices:
-    """The context for a CLI command, starting Azurite when storage is the local emulator and
-    nothing listens yet (stopped again on exit)."""
+    """The context for a CLI command, starting Azurite (blob and queue services) when storage is
+    the local emulator and nothing listens yet (stopped again on exit)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -79,14 +79,26 @@ class LocalServices:
         from shared.local.azurite import port_open, start_azurite
 
         if self.settings.uses_azurite:
-            port = _azurite_port(self.settings.storage.connection_string or "")
-            if not port_open(port):
+            connection = self.settings.storage.connection_string or ""
+            port = _azurite_port(connection)
+            queue_port = _azurite_port(connection, "queueendpoint", 10001)
+            missing = tuple(
+                service
+                for service, p in (("blob", port), ("queue", queue_port))
+                if not port_open(p)
+            )
+            if missing:
                 print(
-                    f"starting Azurite on 127.0.0.1:{port} (data in "
-                    f"{self.settings.data_dir / 'azurite'})",
+                    f"starting Azurite {' and '.join(missing)} on 127.0.0.1:{port}/{queue_port} "
+                    f"(data in {self.settings.data_dir / 'azurite'})",
                     file=sys.stderr,
                 )
-                self.azurite = start_azurite(self.settings.data_dir / "azurite", port)
+                self.azurite = start_azurite(
+                    self.settings.data_dir / "azurite",
+                    port,
+                    queue_port=queue_port,
+                    services=missing,
+                )
         ctx = AppContext.create(self.settings)
         migrate.upgrade(ctx.engine)
         set_context(ctx)
@@ -100,13 +112,15 @@ class LocalServices:
             self.azurite.stop()
 
 
-def _azurite_port(connection_string: str) -> int:
+def _azurite_port(
+    connection_string: str, endpoint: str = "blobendpoint", default: int = 10000
+) -> int:
     for part in connection_string.split(";"):
-        if part.strip().lower().startswith("blobendpoint="):
+        if part.strip().lower().startswith(f"{endpoint}="):
             host = part.split("=", 1)[1].split("//", 1)[-1].split("/", 1)[0]
             if ":" in host:
                 return int(host.rsplit(":", 1)[1])
-    return 10000
+    return default
 
 
 # ------------------------------------------------------------------------------ commands
@@ -284,12 +298,16 @@ def cmd_models(args, settings: Settings) -> int:
 
 
 def score_and_record(ctx: AppContext, window, trigger: str, filters=None, rerun=False):
-    """Start a run and, as the host would, deliver its predictions blobs to the blob trigger."""
-    from shared.local.host import deliver_predictions
+    """Request a run as ``POST /api/runs`` does (record it, queue its preparation), then, as the
+    host would, deliver the run-request queue to its trigger (which prepares and submits) and
+    the predictions blobs to the blob trigger. Failed preparations are retried at once here
+    (not after host.json's visibilityTimeout), so the command ends with the run's outcome."""
+    from shared.local.host import deliver_predictions, deliver_run_requests
     from shared.runs import records
-    from shared.runs.service import start_run
+    from shared.runs.service import request_run
 
-    run, created = start_run(ctx, window, trigger, filters, rerun=rerun)
+    run, created = request_run(ctx, window, trigger, filters, rerun=rerun)
+    deliver_run_requests(ctx, retry_after_seconds=0)
     started = time.perf_counter()
     deliver_predictions(ctx, run.run_id)
     records.set_timing(ctx.engine, run.run_id, "record", time.perf_counter() - started)

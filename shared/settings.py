@@ -13,7 +13,8 @@ here read the *same* settings:
 
 * ``ScoringStorage`` is a connection string, or identity-based with
   ``ScoringStorage__accountName`` / ``ScoringStorage__blobServiceUri`` (+ ``__credential`` and
-  ``__clientId`` for a user-assigned managed identity).
+  ``__clientId`` for a user-assigned managed identity). The run-request queue lives on the same
+  account: ``ScoringStorage__queueServiceUri``, else derived from ``__accountName``.
 * ``EventHubConnection`` is a connection string, or ``EventHubConnection__fullyQualifiedNamespace``.
 """
 
@@ -31,6 +32,7 @@ AZURITE_CONNECTION_STRING = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
     "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
     "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+    "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
 )
 
 STORAGE_CONNECTION = "ScoringStorage"
@@ -54,6 +56,8 @@ class Connection:
         The plain value of the setting, when given.
     endpoint:
         For identity-based connections: the blob service URI or the Event Hubs namespace.
+    queue_endpoint:
+        For identity-based storage connections: the queue service URI, when known.
     client_id:
         ``<name>__clientId`` for a user-assigned managed identity, else ``None``.
     """
@@ -62,6 +66,7 @@ class Connection:
     connection_string: str | None = None
     endpoint: str | None = None
     client_id: str | None = None
+    queue_endpoint: str | None = None
 
     @property
     def identity_based(self) -> bool:
@@ -121,6 +126,7 @@ class Settings:
     predictions_container: str
     deadletter_container: str
     reports_container: str
+    runs_queue: str
     scoring_schedule: str
     catchup_max_windows: int
     max_window_hours: float
@@ -129,6 +135,7 @@ class Settings:
     executor: str
     local_workers: int
     run_timeout_minutes: float
+    reconcile_interval_seconds: float
     train_window_hours: float
     min_training_buckets: int
     target_false_alarm_rate: float
@@ -195,6 +202,9 @@ class Settings:
             predictions_container=r.container("PREDICTIONS_CONTAINER", "predictions"),
             deadletter_container=r.container("DEADLETTER_CONTAINER", "deadletters"),
             reports_container=r.container("REPORTS_CONTAINER", "reports"),
+            # Queue names follow the container naming rules; the host adds "-poison" for the
+            # poison queue, so leave room for it.
+            runs_queue=r.container("RUNS_QUEUE", "run-requests", max_length=56),
             scoring_schedule=schedule,
             catchup_max_windows=r.integer("CATCHUP_MAX_WINDOWS", 3, minimum=1),
             max_window_hours=r.number("MAX_WINDOW_HOURS", 24.0, minimum=0.001),
@@ -203,6 +213,7 @@ class Settings:
             executor=executor,
             local_workers=r.integer("LOCAL_WORKERS", os.cpu_count() or 1, minimum=1),
             run_timeout_minutes=r.number("RUN_TIMEOUT_MINUTES", 120.0, minimum=1.0),
+            reconcile_interval_seconds=r.number("RECONCILE_INTERVAL_SECONDS", 60.0, minimum=0.0),
             train_window_hours=r.number("TRAIN_WINDOW_HOURS", 24.0, minimum=0.01),
             min_training_buckets=r.integer("MIN_TRAINING_BUCKETS", 30, minimum=2),
             target_false_alarm_rate=r.number(
@@ -296,11 +307,12 @@ class _Reader:
             raise SettingsError(f"{name}={value} must be at most {maximum}")
         return value
 
-    def container(self, name: str, default: str) -> str:
+    def container(self, name: str, default: str, max_length: int = 63) -> str:
         value = self.text(name, default)
-        # Azure's container naming rules: 3-63 chars, lowercase letters, digits, single hyphens.
+        # Azure's container (and queue) naming rules: 3-63 chars, lowercase letters, digits,
+        # single hyphens.
         ok = (
-            3 <= len(value) <= 63
+            3 <= len(value) <= max_length
             and value[0].isalnum()
             and value[-1].isalnum()
             and "--" not in value
@@ -319,10 +331,18 @@ class _Reader:
         if conn_str is not None:
             return Connection(name, connection_string=conn_str, client_id=client_id)
         endpoint = self.optional(f"{name}__{endpoint_key}")
-        if endpoint is None and endpoint_key == "blobServiceUri":
+        queue_endpoint = None
+        if endpoint_key == "blobServiceUri":
+            # The Functions host's storage extensions read the same names (queue trigger:
+            # __queueServiceUri, or __accountName for both services).
             account = self.optional(f"{name}__accountName")
-            if account is not None:
+            queue_endpoint = self.optional(f"{name}__queueServiceUri")
+            if endpoint is None and account is not None:
                 endpoint = f"https://{account}.blob.core.windows.net"
-        if endpoint is not None:
-            return Connection(name, endpoint=endpoint, client_id=client_id)
+            if queue_endpoint is None and account is not None:
+                queue_endpoint = f"https://{account}.queue.core.windows.net"
+        if endpoint is not None or queue_endpoint is not None:
+            return Connection(
+                name, endpoint=endpoint, client_id=client_id, queue_endpoint=queue_endpoint
+            )
         return Connection(name, connection_string=default, client_id=client_id)

@@ -80,6 +80,7 @@ def unique_containers() -> dict[str, str]:
         "PREDICTIONS_CONTAINER": f"predictions-{tag}",
         "DEADLETTER_CONTAINER": f"deadletters-{tag}",
         "REPORTS_CONTAINER": f"reports-{tag}",
+        "RUNS_QUEUE": f"run-requests-{tag}",
     }
 
 

@@ -3,11 +3,12 @@
 
 import json
 from datetime import timedelta
+from unittest import mock
 
 import azure.functions as func
 import pytest
 
-from shared.local.host import deliver_predictions, user_function
+from shared.local.host import deliver_predictions, deliver_run_requests, user_function
 from shared.runs import records
 from tests import scenario
 
@@ -63,9 +64,11 @@ def test_start_status_list_and_anomalies(ctx):
         "runs",
         {"window_end": sc.window.end.isoformat() + "Z", "window_minutes": 60},
     )
-    assert status == 202 and started["created"]
+    assert status == 202 and started["created"] and started["status"] == records.PENDING
     run_id = started["run_id"]
     assert started["status_url"] == f"{BASE}/runs/{run_id}"
+    # What the host does next: the queue trigger prepares and submits, the blob trigger records.
+    assert deliver_run_requests(ctx) == [(mock.ANY, "done")]
     deliver_predictions(ctx, run_id)
 
     status, again = call(

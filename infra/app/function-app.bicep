@@ -20,6 +20,9 @@ param serviceTags object = {}
 param storageAccountName string
 param deploymentContainerName string
 
+@description('Storage queue of on-demand run requests (its poison queue is <name>-poison).')
+param runsQueueName string = 'run-requests'
+
 param identityId string
 param identityClientId string
 
@@ -70,6 +73,8 @@ var appSettings = {
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identityClientId
   ScoringStorage__accountName: storage.name
+  // The run-request queue trigger and the app's queue client (same account, same identity).
+  ScoringStorage__queueServiceUri: storage.properties.primaryEndpoints.queue
   ScoringStorage__credential: 'managedidentity'
   ScoringStorage__clientId: identityClientId
   EventHubConnection__fullyQualifiedNamespace: eventHubFullyQualifiedNamespace
@@ -84,6 +89,7 @@ var appSettings = {
   PREDICTIONS_CONTAINER: 'predictions'
   DEADLETTER_CONTAINER: 'deadletters'
   REPORTS_CONTAINER: 'reports'
+  RUNS_QUEUE: runsQueueName
   SCORING_SCHEDULE: '0 0 * * * *'
   CATCHUP_MAX_WINDOWS: '3'
   MAX_WINDOW_HOURS: '24'
@@ -92,6 +98,7 @@ var appSettings = {
   EXECUTOR: 'azureml'
   LOCAL_WORKERS: '2'
   RUN_TIMEOUT_MINUTES: '120'
+  RECONCILE_INTERVAL_SECONDS: '60'
   TRAIN_WINDOW_HOURS: '24'
   MIN_TRAINING_BUCKETS: '30'
   TARGET_FALSE_ALARM_RATE: '0.001'

@@ -4,7 +4,9 @@
 //   * Storage Blob Data Owner        on the Function App storage account: the Functions host
 //     (AzureWebJobsStorage: leases, timer and Event Hubs checkpoints, deployment package) and the
 //     app/cluster (models, chunks, predictions, deadletters, reports) read and write blobs;
-//   * Storage Queue Data Contributor on the same account: the blob trigger's poison queue;
+//   * Storage Queue Data Contributor on the same account: the blob trigger's poison queue, and
+//     the run-request queue (the API sends, the queue trigger receives and deletes, the host
+//     moves poisoned messages to `run-requests-poison`);
 //   * Azure Event Hubs Data Receiver + Data Sender on the namespace;
 //   * AzureML Data Scientist         on the workspace: submit and monitor pipeline jobs;
 //   * Monitoring Metrics Publisher   on Application Insights (Entra-authenticated telemetry);
@@ -14,7 +16,8 @@
 // Azure ML workspace (system-assigned): Storage Blob Data Reader on the Function App storage
 //   account, so the studio can preview the identity-based datastores.
 // Deploying principal (optional): data-plane roles to run the project's CLI from a workstation
-//   (train, azureml provision, simulate) against the deployed resources.
+//   (train, run, azureml provision, simulate) against the deployed resources; `run` queues its
+//   request like the API does (Storage Queue Data Contributor).
 
 param storageAccountName string
 param eventHubNamespaceName string
@@ -186,6 +189,16 @@ resource userBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01
   scope: storage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: userPrincipalId
+    principalType: userPrincipalType
+  }
+}
+
+resource userQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
+  name: guid(storage.id, userPrincipalId, roles.storageQueueDataContributor)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
     principalId: userPrincipalId
     principalType: userPrincipalType
   }

@@ -1,6 +1,6 @@
 // The Function App's storage account. It holds the Functions host state (AzureWebJobsStorage),
-// the deployment package container, and the product's containers (models, chunks, predictions,
-// deadletters, reports). Shared-key access is disabled: every client (Functions host, app code,
+// the deployment package container, the product's containers (models, chunks, predictions,
+// deadletters, reports) and the run-request queues. Shared-key access is disabled: every client (Functions host, app code,
 // Azure ML cluster, operators' CLI) authenticates with Microsoft Entra ID.
 
 param name string
@@ -9,6 +9,9 @@ param tags object = {}
 
 @description('Blob containers to create: the deployment package container and the product containers.')
 param containerNames array
+
+@description('Storage queues to create: the run-request queue and its poison queue.')
+param queueNames array = []
 
 @description('Days a deleted blob stays recoverable (soft delete).')
 @minValue(1)
@@ -60,6 +63,18 @@ resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2
     properties: {
       publicAccess: 'None'
     }
+  }
+]
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [
+  for queueName in queueNames: {
+    parent: queueService
+    name: queueName
   }
 ]
 

@@ -7,7 +7,9 @@ objects the host would, and calls the user functions:
 
 * Event Hubs batches of ``EventHubEvent`` with partition, sequence numbers and enqueued times;
 * a ``TimerRequest`` for the schedule;
-* each new predictions blob as an ``InputStream``, like the Event Grid blob trigger.
+* each new predictions blob as an ``InputStream``, like the Event Grid blob trigger;
+* each message of the run-request queue (and its poison queue) as a ``QueueMessage``, with the
+  host's retry and poison rules from ``host.json`` (real Azurite queues, not a stand-in).
 """
 
 from __future__ import annotations
@@ -99,3 +101,95 @@ def deliver_predictions(
         if seen is not None:
             seen.add(name)
     return delivered
+
+
+def _queue_options() -> dict:
+    """``extensions.queues`` of host.json: what the host's queue listener obeys."""
+    import json
+    from pathlib import Path
+
+    host = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_text())
+    return host.get("extensions", {}).get("queues", {})
+
+
+def _seconds(timespan: str) -> int:
+    hours, minutes, seconds = timespan.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + int(float(seconds))
+
+
+def deliver_queue(
+    ctx: AppContext,
+    function_name: str,
+    queue_name: str,
+    retry_after_seconds: int | None = None,
+    max_messages: int = 1000,
+) -> list[tuple[str, str]]:
+    """Deliver the visible messages of a storage queue to a queue-triggered function, as the
+    host's queue listener does: the message body Base64-decoded (``messageEncoding``), deleted
+    when the function returns; when it raises, made visible again after ``visibilityTimeout``
+    (``retry_after_seconds`` overrides it), or moved to ``<queue>-poison`` once its dequeue
+    count reaches ``maxDequeueCount``. Returns (message id, "done" | "retry" | "poisoned")."""
+    from azure.functions.queue import QueueMessage
+
+    from shared.queues import decode_wire_text, poison_queue_name, run_queue_for
+
+    options = _queue_options()
+    max_dequeue = int(options.get("maxDequeueCount", 5))
+    if retry_after_seconds is None:
+        retry_after_seconds = _seconds(options.get("visibilityTimeout", "00:00:00"))
+    queues = run_queue_for(ctx.settings)
+    client = queues.client(queue_name)
+    function = user_function(function_name)
+    outcomes: list[tuple[str, str]] = []
+    # Invisible to others for 10 minutes while a message is handled (the host renews its lease).
+    received = client.receive_messages(
+        messages_per_page=1, max_messages=max_messages, visibility_timeout=600
+    )
+    for message in received:
+        if message.dequeue_count > max_dequeue:  # already over: straight to poison, as the host
+            _to_poison(queues, queue_name, message, poison_queue_name)
+            outcomes.append((message.id, "poisoned"))
+            continue
+        try:
+            function(
+                QueueMessage(
+                    id=message.id,
+                    body=decode_wire_text(message.content),
+                    dequeue_count=message.dequeue_count,
+                    pop_receipt=message.pop_receipt,
+                    insertion_time=message.inserted_on,
+                    expiration_time=message.expires_on,
+                    time_next_visible=message.next_visible_on,
+                )
+            )
+        except Exception:  # noqa: BLE001 - the host logs it and retries the message
+            if message.dequeue_count >= max_dequeue:
+                _to_poison(queues, queue_name, message, poison_queue_name)
+                outcomes.append((message.id, "poisoned"))
+            else:
+                client.update_message(
+                    message, pop_receipt=message.pop_receipt, visibility_timeout=retry_after_seconds
+                )
+                outcomes.append((message.id, "retry"))
+            continue
+        client.delete_message(message)
+        outcomes.append((message.id, "done"))
+    return outcomes
+
+
+def _to_poison(queues, queue_name: str, message, poison_queue_name) -> None:
+    queues.client(poison_queue_name(queue_name)).send_message(message.content)
+    queues.client(queue_name).delete_message(message)
+
+
+def deliver_run_requests(
+    ctx: AppContext, retry_after_seconds: int | None = None
+) -> list[tuple[str, str]]:
+    """Deliver the run-request queue to ``prepare_run_request``, then its poison queue to
+    ``fail_poisoned_run_request`` (what the host's two queue listeners do)."""
+    from shared.queues import poison_queue_name
+
+    queue = ctx.settings.runs_queue
+    outcomes = deliver_queue(ctx, "prepare_run_request", queue, retry_after_seconds)
+    outcomes += deliver_queue(ctx, "fail_poisoned_run_request", poison_queue_name(queue))
+    return outcomes

@@ -3,8 +3,15 @@
 Called on every timer tick and by the status API. For each open run it asks the executor about
 its job: a failed or canceled job fails the chunks still pending (so chunks already recorded
 keep their predictions and the run ends ``partial``, or ``failed`` if none were recorded). A run
-with no progress for ``RUN_TIMEOUT_MINUTES`` (``updated_at`` moves with every recorded chunk) is
-treated the same way, with a "stalled" reason.
+with no progress for ``RUN_TIMEOUT_MINUTES`` (its last progress: created, submitted, or a chunk
+recorded) is treated the same way, with a "stalled" reason.
+
+The status API may be polled every few seconds by many clients; asking Azure ML on each poll
+would cost a management call each time. :func:`reconcile_run_if_due` reconciles a run at most
+once per ``RECONCILE_INTERVAL_SECONDS``: it claims the reconciliation with a conditional update
+of the run's ``updated_at`` (only the caller whose update matched reconciles, on any number of
+instances), so no schema change and no process-local state is needed. ``updated_at`` therefore
+means "last touched", and progress for the stall timeout is measured from the timestamps above.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from shared.clock import utcnow
 from shared.context import AppContext
@@ -74,7 +81,7 @@ def reconcile_run(ctx: AppContext, run: records.Run, now: datetime | None = None
             with ctx.engine.begin() as conn:
                 records.update_run(conn, run.run_id, only_if_active=True, status=records.SCORING)
     timeout = timedelta(minutes=ctx.settings.run_timeout_minutes)
-    last_progress = run.updated_at or run.created_at or now
+    last_progress = _last_progress(ctx, run) or now
     if now - last_progress > timeout:
         _give_up(
             ctx,
@@ -83,6 +90,48 @@ def reconcile_run(ctx: AppContext, run: records.Run, now: datetime | None = None
             f"minutes ({run.n_chunks_recorded} of {run.n_chunks} chunks recorded)",
         )
     return records.get_run(ctx.engine, run.run_id)
+
+
+def _last_progress(ctx: AppContext, run: records.Run) -> datetime | None:
+    """When the run last moved: created, submitted, or its latest chunk recorded or failed."""
+    with ctx.engine.connect() as conn:
+        chunk = conn.execute(
+            select(func.max(run_chunks.c.recorded_at)).where(run_chunks.c.run_id == run.run_id)
+        ).scalar_one_or_none()
+    moments = [t for t in (run.created_at, run.submitted_at, chunk) if t is not None]
+    return max(moments) if moments else None
+
+
+def claim_reconcile(ctx: AppContext, run_id: str, now: datetime | None = None) -> bool:
+    """Claim this interval's reconciliation of an open run: True for exactly one caller per
+    ``RECONCILE_INTERVAL_SECONDS`` (the conditional update matches once), False otherwise."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=ctx.settings.reconcile_interval_seconds)
+    with ctx.engine.begin() as conn:
+        result = conn.execute(
+            update(runs)
+            .where(
+                runs.c.run_id == run_id,
+                runs.c.status.notin_(records.TERMINAL),
+                runs.c.updated_at <= cutoff,
+            )
+            .values(updated_at=now),
+            execution_options={"preserve_rowcount": True},
+        )
+    return result.rowcount == 1
+
+
+def reconcile_run_if_due(
+    ctx: AppContext, run: records.Run, now: datetime | None = None
+) -> records.Run:
+    """Reconcile ``run`` unless it was reconciled (or touched) less than
+    ``RECONCILE_INTERVAL_SECONDS`` ago; returns it as it now stands. For the status API."""
+    if run.terminal:
+        return run
+    now = now or utcnow()
+    if not claim_reconcile(ctx, run.run_id, now):
+        return run
+    return reconcile_run(ctx, records.get_run(ctx.engine, run.run_id), now)
 
 
 def reconcile_runs(ctx: AppContext, now: datetime | None = None) -> list[records.Run]:

@@ -5,6 +5,9 @@ Status lifecycle::
     pending -> submitted -> scoring -> completed | partial | failed
          \\-> failed (preparation failed, nothing to score)
 
+``pending``: recorded, not yet submitted; an on-demand run waits in the run-request queue in this
+state (while the queue retries a failed preparation, ``error`` holds the last attempt's reason).
+
 ``completed``: every chunk recorded, no sensor failed. ``partial``: every chunk is in but some
 sensors or chunks failed (the reasons are in ``run_errors``). ``failed``: the run produced no
 usable predictions (nothing to score, the executor job failed, or it stalled past the timeout).
