@@ -12,8 +12,10 @@ from typing import List  # noqa: UP035 - the worker refuses list[...] (see inges
 
 import azure.functions as func
 
+# Only what every cold start needs: each function imports its service when first called, so a
+# host start does not load SQLAlchemy, the blob SDK or pandas for functions it may never run
+# (bench/bench_coldstart.py; tests/test_worker_index.py imports those lazy imports too).
 from shared.context import get_context
-from shared.ingestion import ingest_events
 from shared.logs import configure_logging
 
 configure_logging()
@@ -52,6 +54,8 @@ def _partition(events: List[func.EventHubEvent]) -> str | None:  # noqa: UP006
 # if it is a class or a typing generic, and refuses `list[...]` ("invalid non-type annotation"),
 # failing the whole index (tests/test_worker_index.py runs the worker's check).
 def ingest_readings(events: List[func.EventHubEvent]) -> None:  # noqa: UP006
+    from shared.ingestion import ingest_events
+
     ctx = get_context()
     result = ingest_events(
         events, ctx.engine, ctx.store, ctx.settings.deadletter_container, _partition(events)

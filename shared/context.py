@@ -2,18 +2,23 @@
 
 Built once per process (a Functions worker, the CLI, a test) from the environment, so that the
 trigger adapters stay a few lines: ``ctx = get_context()`` and call a service with it.
+
+``function_app`` imports this module on every cold start, so it imports nothing heavy itself:
+SQLAlchemy, the blob SDK and the settings' parser are loaded when the context is first built,
+i.e. by the first function call that needs them (bench/bench_coldstart.py measures both).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from sqlalchemy import Engine
 
-from shared.blobs import BlobStore
-from shared.db.engine import make_engine
-from shared.settings import Settings
+    from shared.blobs import BlobStore
+    from shared.settings import Settings
 
 
 @dataclass
@@ -24,6 +29,10 @@ class AppContext:
 
     @classmethod
     def create(cls, settings: Settings | None = None) -> AppContext:
+        from shared.blobs import BlobStore
+        from shared.db.engine import make_engine
+        from shared.settings import Settings
+
         settings = settings or Settings.from_env()
         return cls(settings, make_engine(settings), BlobStore.from_settings(settings))
 
