@@ -38,6 +38,9 @@ AZURITE_CONNECTION_STRING = (
 STORAGE_CONNECTION = "ScoringStorage"
 EVENTHUB_CONNECTION = "EventHubConnection"
 EXECUTORS = ("local", "azureml")
+# How long a connection or a unit of work keeps retrying transient SQL errors (an Azure SQL
+# serverless database resuming from auto-pause typically needs under a minute).
+DEFAULT_SQL_RETRY_SECONDS = 90.0
 
 
 class SettingsError(ValueError):
@@ -143,6 +146,8 @@ class Settings:
     appinsights_connection_string: str | None
     # The user-assigned managed identity's client id (DefaultAzureCredential reads it too).
     azure_client_id: str | None = None
+    # Seconds to keep retrying transient SQL errors (shared.db.retry); 0 turns retries off.
+    sql_retry_seconds: float = DEFAULT_SQL_RETRY_SECONDS
     azureml: AzureMLSettings = field(default_factory=AzureMLSettings)
 
     @classmethod
@@ -224,6 +229,9 @@ class Settings:
             ),
             appinsights_connection_string=r.optional("APPLICATIONINSIGHTS_CONNECTION_STRING"),
             azure_client_id=r.optional("AZURE_CLIENT_ID"),
+            sql_retry_seconds=r.number(
+                "SQL_RETRY_SECONDS", DEFAULT_SQL_RETRY_SECONDS, minimum=0.0, maximum=600.0
+            ),
             azureml=azureml,
         )
         return settings

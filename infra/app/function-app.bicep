@@ -84,6 +84,8 @@ var appSettings = {
   EVENTHUB_CONSUMER_GROUP: eventHubConsumerGroup
   SQL_SERVER: sqlServerFqdn
   SQL_DATABASE: sqlDatabaseName
+  // Transient SQL errors (a serverless database resuming from auto-pause) are retried this long.
+  SQL_RETRY_SECONDS: '90'
   MODELS_CONTAINER: 'models'
   CHUNKS_CONTAINER: 'chunks'
   PREDICTIONS_CONTAINER: 'predictions'

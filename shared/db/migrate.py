@@ -13,6 +13,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
+from shared.db.retry import call_with_sql_retry
+from shared.settings import DEFAULT_SQL_RETRY_SECONDS
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -27,9 +30,17 @@ def alembic_config(engine: Engine | None = None, url: str | None = None) -> Conf
     return config
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database behind ``engine`` up to ``revision`` (idempotent)."""
-    command.upgrade(alembic_config(engine), revision)
+def upgrade(
+    engine: Engine, revision: str = "head", retry_seconds: float = DEFAULT_SQL_RETRY_SECONDS
+) -> None:
+    """Bring the database behind ``engine`` up to ``revision`` (idempotent).
+
+    Retried as a whole on transient SQL errors (a failover mid-upgrade): on PostgreSQL and
+    SQL Server the upgrade runs in one transaction, so a failed attempt leaves nothing behind.
+    """
+    call_with_sql_retry(
+        lambda: command.upgrade(alembic_config(engine), revision), retry_seconds, "migration"
+    )
 
 
 def offline_sql(url: str, revision: str = "head") -> str:

@@ -45,6 +45,7 @@ class PostgresServer:
     datadir: Path
     port: int
     user: str = "postgres"
+    durable: bool = False
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -54,6 +55,39 @@ class PostgresServer:
         if not pidfile.exists():
             return None
         return int(pidfile.read_text().split()[0])
+
+    def start(self) -> None:
+        """Start the server on its data folder and port (again, after ``stop(remove=False)``)."""
+        folder = self.datadir.parent
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {folder}"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(pg_bindir() / "pg_ctl"),
+                    "-D",
+                    str(self.datadir),
+                    "-o",
+                    options,
+                    "-l",
+                    str(folder / "server.log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + 30
+        while not port_open(self.port):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"PostgreSQL did not listen on {self.port}; see {folder}/server.log"
+                )
+            time.sleep(0.1)
 
     def stop(self, remove: bool = True) -> None:
         self._stop()
@@ -120,31 +154,6 @@ def start_postgres(
         check=True,
         capture_output=True,
     )
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder}"
-    if not durable:
-        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    subprocess.run(
-        _as_postgres(
-            [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(datadir),
-                "-o",
-                options,
-                "-l",
-                str(folder / "server.log"),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    deadline = time.monotonic() + 30
-    while not port_open(port):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"PostgreSQL did not listen on {port}; see {folder}/server.log")
-        time.sleep(0.1)
-    return PostgresServer(datadir, port)
+    server = PostgresServer(datadir, port, durable=durable)
+    server.start()
+    return server
