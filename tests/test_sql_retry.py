@@ -453,3 +453,35 @@ def test_integrity_error_in_a_unit_of_work_is_raised_at_once(restartable_postgre
     assert calls == [1]
     assert time.monotonic() - started < 2
     assert not _retry_records(caplog)
+
+
+def test_azure_sql_engine_retries_its_connect_with_the_token(caplog):
+    """The Azure SQL engine: no SQL Server or Entra here, so the credential is a stand-in and
+    pyodbc's connect is replaced by one that answers as a resuming serverless database twice
+    (40613), then stops the test with a sentinel. Each attempt carries the access token that
+    the token listener put in the connect parameters, and each retry is logged."""
+    from shared.db.engine import SQL_COPT_SS_ACCESS_TOKEN, azure_sql_engine
+
+    class Credential:
+        def get_token(self, scope):
+            return type("Token", (), {"token": "t0ken"})()
+
+    class Reached(Exception):
+        pass
+
+    attempts = []
+
+    def connect(*cargs, **cparams):
+        attempts.append(cparams.get("attrs_before", {}))
+        if len(attempts) <= 2:
+            raise odbc(pyodbc.ProgrammingError, "42000", "not currently available", 40613)
+        raise Reached
+
+    engine = azure_sql_engine("srv.database.windows.net", "db", Credential(), retry_seconds=30)
+    engine.dialect.connect = connect
+    with caplog.at_level(logging.WARNING, logger="shared.db.retry"), pytest.raises(Reached):
+        engine.connect()
+    assert len(attempts) == 3
+    assert all(SQL_COPT_SS_ACCESS_TOKEN in attrs for attrs in attempts)
+    retries = _retry_records(caplog)
+    assert [(r.attempt, r.error_code) for r in retries] == [(1, "40613"), (2, "40613")]
