@@ -183,13 +183,14 @@ def _to_poison(queues, queue_name: str, message, poison_queue_name) -> None:
 
 
 def deliver_run_requests(
-    ctx: AppContext, retry_after_seconds: int | None = None
+    ctx: AppContext, retry_after_seconds: int | None = None, max_messages: int = 1000
 ) -> list[tuple[str, str]]:
-    """Deliver the run-request queue to ``prepare_run_request``, then its poison queue to
-    ``fail_poisoned_run_request`` (what the host's two queue listeners do)."""
+    """Deliver the run-request queue to ``prepare_run_request`` (at most ``max_messages``
+    deliveries), then its poison queue to ``fail_poisoned_run_request`` (what the host's two
+    queue listeners do)."""
     from shared.queues import poison_queue_name
 
     queue = ctx.settings.runs_queue
-    outcomes = deliver_queue(ctx, "prepare_run_request", queue, retry_after_seconds)
+    outcomes = deliver_queue(ctx, "prepare_run_request", queue, retry_after_seconds, max_messages)
     outcomes += deliver_queue(ctx, "fail_poisoned_run_request", poison_queue_name(queue))
     return outcomes
