@@ -21,10 +21,13 @@ import pyarrow as pa
 from sqlalchemy import Connection, Float, and_, cast, func, or_, select
 
 from scoring.features import AGGREGATES
-from shared.db.dialects import bucket_index
+from shared.db.dialects import binary_ordered, bucket_index
 from shared.db.schema import readings
 
 EPOCH = datetime(1970, 1, 1)
+# Sensor filters up to this long are sent as a list (2 parameters each); longer ones as the range
+# they span, filtered after the query (see features_query).
+MAX_LISTED_SENSORS = 500
 
 
 def features_query(
@@ -55,9 +58,22 @@ def features_query(
     )
     if devices:
         query = query.where(readings.c.device.in_(list(devices)))
-    if sensors:
+    if sensors and len(sensors) <= MAX_LISTED_SENSORS:
         query = query.where(
             or_(*(and_(readings.c.device == d, readings.c.sensor == s) for d, s in sensors))
+        )
+    elif sensors:
+        # A long list (a training batch of thousands of sensors) becomes the (device, sensor)
+        # range it spans, and aggregate_features drops the rows of sensors not in the list:
+        # SQL Server takes at most 2100 parameters, and a 10,000-term OR is evaluated on every
+        # reading. Compared by code point, so Python's min and max bound it on every engine.
+        (d0, s0), (d1, s1) = min(map(tuple, sensors)), max(map(tuple, sensors))
+        device, sensor = binary_ordered(readings.c.device), binary_ordered(readings.c.sensor)
+        query = query.where(
+            device >= d0,
+            device <= d1,
+            or_(device != d0, sensor >= s0),
+            or_(device != d1, sensor <= s1),
         )
     return query
 
@@ -78,6 +94,9 @@ def aggregate_features(
     query = features_query(start, end, bucket_seconds, devices, sensors)
     result = conn.execute(query)
     rows = result.fetchall()
+    if sensors and len(sensors) > MAX_LISTED_SENSORS:
+        wanted = set(map(tuple, sensors))
+        rows = [r for r in rows if (r[0], r[1]) in wanted]
     return features_table(rows, bucket_seconds)
 
 

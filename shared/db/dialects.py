@@ -105,3 +105,31 @@ def insert_if_absent(table: Table, key_columns: Sequence[str], dialect_name: str
     key_match = and_(*(table.c[k] == params[k] for k in key_columns))
     source = select(*(params[n] for n in names)).where(~exists().where(key_match))
     return insert(table).from_select(names, source)
+
+
+class binary_ordered(FunctionElement):
+    """A string expression compared by code point (binary collation), whatever the column's
+    collation: SQL Server's default collations ignore case and PostgreSQL's locale ones skip
+    '-' and '_', so their order is not Python's. Ids are ASCII, so Python's ``min``/``max`` of
+    ids agree with comparisons made through this construct on every engine."""
+
+    inherit_cache = True
+    name = "binary_ordered"
+
+
+@compiles(binary_ordered)
+def _binary_default(element, compiler, **kw):
+    (arg,) = element.clauses
+    return f"({compiler.process(arg, **kw)} COLLATE BINARY)"
+
+
+@compiles(binary_ordered, "postgresql")
+def _binary_postgresql(element, compiler, **kw):
+    (arg,) = element.clauses
+    return f'({compiler.process(arg, **kw)} COLLATE "C")'
+
+
+@compiles(binary_ordered, "mssql")
+def _binary_mssql(element, compiler, **kw):
+    (arg,) = element.clauses
+    return f"({compiler.process(arg, **kw)} COLLATE Latin1_General_BIN2)"
