@@ -41,6 +41,8 @@ EXECUTORS = ("local", "azureml")
 # How long a connection or a unit of work keeps retrying transient SQL errors (an Azure SQL
 # serverless database resuming from auto-pause typically needs under a minute).
 DEFAULT_SQL_RETRY_SECONDS = 90.0
+# Retraining: daily at 00:30 UTC, after the midnight scoring window (shared.training).
+DEFAULT_TRAINING_SCHEDULE = "0 30 0 * * *"
 
 
 class SettingsError(ValueError):
@@ -149,6 +151,8 @@ class Settings:
     # Seconds to keep retrying transient SQL errors (shared.db.retry); 0 turns retries off.
     sql_retry_seconds: float = DEFAULT_SQL_RETRY_SECONDS
     azureml: AzureMLSettings = field(default_factory=AzureMLSettings)
+    # When models are retrained over the trailing TRAIN_WINDOW_HOURS (shared.training).
+    training_schedule: str = DEFAULT_TRAINING_SCHEDULE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -166,6 +170,12 @@ class Settings:
         if not _valid_ncrontab(schedule):
             raise SettingsError(
                 f"SCORING_SCHEDULE={schedule!r} is not a six-field NCRONTAB expression "
+                "(second minute hour day month day-of-week)"
+            )
+        training_schedule = r.text("TRAINING_SCHEDULE", DEFAULT_TRAINING_SCHEDULE)
+        if not _valid_ncrontab(training_schedule):
+            raise SettingsError(
+                f"TRAINING_SCHEDULE={training_schedule!r} is not a six-field NCRONTAB expression "
                 "(second minute hour day month day-of-week)"
             )
         executor = r.choice("EXECUTOR", "local", EXECUTORS)
@@ -219,7 +229,8 @@ class Settings:
             local_workers=r.integer("LOCAL_WORKERS", os.cpu_count() or 1, minimum=1),
             run_timeout_minutes=r.number("RUN_TIMEOUT_MINUTES", 120.0, minimum=1.0),
             reconcile_interval_seconds=r.number("RECONCILE_INTERVAL_SECONDS", 60.0, minimum=0.0),
-            train_window_hours=r.number("TRAIN_WINDOW_HOURS", 24.0, minimum=0.01),
+            train_window_hours=r.number("TRAIN_WINDOW_HOURS", 336.0, minimum=0.01),
+            training_schedule=training_schedule,
             min_training_buckets=r.integer("MIN_TRAINING_BUCKETS", 30, minimum=2),
             target_false_alarm_rate=r.number(
                 "TARGET_FALSE_ALARM_RATE", 0.001, minimum=0.0, maximum=0.5

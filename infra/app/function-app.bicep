@@ -101,7 +101,9 @@ var appSettings = {
   LOCAL_WORKERS: '2'
   RUN_TIMEOUT_MINUTES: '120'
   RECONCILE_INTERVAL_SECONDS: '60'
-  TRAIN_WINDOW_HOURS: '24'
+  // Retraining over the trailing TRAIN_WINDOW_HOURS (14 days: daily and weekly seasonality).
+  TRAINING_SCHEDULE: '0 30 0 * * *'
+  TRAIN_WINDOW_HOURS: '336'
   MIN_TRAINING_BUCKETS: '30'
   TARGET_FALSE_ALARM_RATE: '0.001'
   LOG_LEVEL: 'INFO'
