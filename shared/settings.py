@@ -41,6 +41,9 @@ EXECUTORS = ("local", "azureml")
 # How long a connection or a unit of work keeps retrying transient SQL errors (an Azure SQL
 # serverless database resuming from auto-pause typically needs under a minute).
 DEFAULT_SQL_RETRY_SECONDS = 90.0
+# An anomaly event ends after this many buckets without a flag (5 hours of 1-minute buckets):
+# one incident, however ragged its flags, is one alarm (see shared.events).
+DEFAULT_EVENT_GAP_BUCKETS = 300
 # Retraining: daily at 00:30 UTC, after the midnight scoring window (shared.training).
 DEFAULT_TRAINING_SCHEDULE = "0 30 0 * * *"
 
@@ -150,6 +153,8 @@ class Settings:
     azure_client_id: str | None = None
     # Seconds to keep retrying transient SQL errors (shared.db.retry); 0 turns retries off.
     sql_retry_seconds: float = DEFAULT_SQL_RETRY_SECONDS
+    # Unflagged buckets that end an anomaly event (shared.events): flags closer than this merge.
+    event_gap_buckets: int = DEFAULT_EVENT_GAP_BUCKETS
     azureml: AzureMLSettings = field(default_factory=AzureMLSettings)
     # When models are retrained over the trailing TRAIN_WINDOW_HOURS (shared.training).
     training_schedule: str = DEFAULT_TRAINING_SCHEDULE
@@ -240,6 +245,9 @@ class Settings:
             ),
             appinsights_connection_string=r.optional("APPLICATIONINSIGHTS_CONNECTION_STRING"),
             azure_client_id=r.optional("AZURE_CLIENT_ID"),
+            event_gap_buckets=r.integer(
+                "EVENT_GAP_BUCKETS", DEFAULT_EVENT_GAP_BUCKETS, minimum=1
+            ),
             sql_retry_seconds=r.number(
                 "SQL_RETRY_SECONDS", DEFAULT_SQL_RETRY_SECONDS, minimum=0.0, maximum=600.0
             ),

@@ -106,6 +106,8 @@ var appSettings = {
   TRAIN_WINDOW_HOURS: '336'
   MIN_TRAINING_BUCKETS: '30'
   TARGET_FALSE_ALARM_RATE: '0.001'
+  // An anomaly event (one alarm) ends after this many buckets of its sensor without a flag.
+  EVENT_GAP_BUCKETS: '300'
   LOG_LEVEL: 'INFO'
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
