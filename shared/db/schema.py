@@ -192,6 +192,33 @@ predictions = Table(
     Index(None, "run_id", "chunk_id"),
 )
 
+# Anomaly events: flagged buckets of one sensor fewer than EVENT_GAP_BUCKETS unflagged buckets
+# apart form one event, the unit an operator is alerted about (its onset) and later explains and
+# gives feedback on. Kept up to date from predictions by shared.events when a chunk is recorded.
+# The id is a hash of device, sensor and onset, so recomputing an event keeps its id.
+anomaly_events = Table(
+    "anomaly_events",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    _id("device"),
+    _id("sensor"),
+    Column("start", Timestamp, nullable=False),  # onset: the first flagged bucket's start
+    Column("end", Timestamp, nullable=False),  # end of the last flagged bucket
+    Column("last_bucket_start", Timestamp, nullable=False),
+    Column("n_buckets", Integer(), nullable=False),  # flagged buckets in the event
+    Column("onset_score", Float(), nullable=False),
+    Column("peak_score", Float(), nullable=False),
+    Column("peak_bucket", Timestamp, nullable=False),
+    Column("status", String(16), nullable=False),  # open | closed
+    Column("first_run_id", String(64), nullable=False),
+    Column("last_run_id", String(64), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    # One event per sensor and onset; also the range a recompute reads.
+    Index(None, "device", "sensor", "start", unique=True),
+    Index(None, "start"),  # listing across the fleet by time
+)
+
 # Per-sensor and per-chunk problems of a run: failed sensors, sensors with data but no model,
 # chunks that could not be scored or recorded.
 run_errors = Table(
