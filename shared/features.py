@@ -67,15 +67,21 @@ def features_query(
         # range it spans, and aggregate_features drops the rows of sensors not in the list:
         # SQL Server takes at most 2100 parameters, and a 10,000-term OR is evaluated on every
         # reading. Compared by code point, so Python's min and max bound it on every engine.
-        (d0, s0), (d1, s1) = min(map(tuple, sensors)), max(map(tuple, sensors))
-        device, sensor = binary_ordered(readings.c.device), binary_ordered(readings.c.sensor)
-        query = query.where(
-            device >= d0,
-            device <= d1,
-            or_(device != d0, sensor >= s0),
-            or_(device != d1, sensor <= s1),
-        )
+        query = query.where(sensor_range(readings.c.device, readings.c.sensor, sensors))
     return query
+
+
+def sensor_range(device_column, sensor_column, sensors: Sequence[tuple[str, str]]):
+    """A WHERE clause for the (device, sensor) range that ``sensors`` spans (any order),
+    compared by code point on every engine; a few parameters whatever the list's length."""
+    (d0, s0), (d1, s1) = min(map(tuple, sensors)), max(map(tuple, sensors))
+    device, sensor = binary_ordered(device_column), binary_ordered(sensor_column)
+    return and_(
+        device >= d0,
+        device <= d1,
+        or_(device != d0, sensor >= s0),
+        or_(device != d1, sensor <= s1),
+    )
 
 
 def aggregate_features(

@@ -8,6 +8,7 @@ files for thousands of sensors instead of one blob per sensor.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +21,39 @@ from shared.db.schema import active_models, models
 
 class RegistryError(ValueError):
     """A registry request that cannot be honoured (unknown version, nothing to roll back to)."""
+
+
+def unfit_reason(threshold: float | None, calibration: dict | str | None) -> str | None:
+    """Why a registered version must not be active, or ``None`` when it is fit to be.
+
+    A cheap sanity check of what training recorded: the threshold and every number in the
+    calibration must be finite (a NaN threshold flags nothing, an infinite one everything).
+    Used by the retraining gate (``shared.training``) and by :func:`rollback`, which skips
+    versions the gate kept inactive.
+    """
+    if threshold is None or not math.isfinite(float(threshold)):
+        return f"threshold is {threshold}"
+    if isinstance(calibration, str):
+        try:
+            calibration = json.loads(calibration)
+        except ValueError:
+            return "calibration is not valid JSON"
+    bad = [name for name, value in _numbers(calibration or {}, "") if not math.isfinite(value)]
+    if bad:
+        return f"calibration not finite: {', '.join(bad[:5])}"
+    return None
+
+
+def _numbers(value, path: str):
+    """(path, number) for every number in a JSON value (bools are not numbers here)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _numbers(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _numbers(item, f"{path}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield path, float(value)
 
 
 @dataclass(frozen=True)
@@ -108,7 +142,8 @@ def activate_version(engine: Engine, device: str, sensor: str, version: int) -> 
 
 
 def rollback(engine: Engine, device: str, sensor: str) -> int:
-    """Activate the version before the active one; returns it."""
+    """Activate the newest version before the active one that is fit to be active (versions
+    the retraining gate kept inactive are skipped, see :func:`unfit_reason`); returns it."""
     with engine.begin() as conn:
         current = conn.execute(
             select(active_models.c.version).where(
@@ -117,15 +152,18 @@ def rollback(engine: Engine, device: str, sensor: str) -> int:
         ).scalar_one_or_none()
         if current is None:
             raise RegistryError(f"{device}/{sensor} has no active model to roll back from")
-        previous = conn.execute(
-            select(func.max(models.c.version)).where(
+        earlier = conn.execute(
+            select(models.c.version, models.c.threshold, models.c.calibration)
+            .where(
                 models.c.device == device,
                 models.c.sensor == sensor,
                 models.c.version < current,
             )
-        ).scalar_one_or_none()
+            .order_by(models.c.version.desc())
+        ).all()
+        previous = next((v for v, th, cal in earlier if unfit_reason(th, cal) is None), None)
         if previous is None:
-            raise RegistryError(f"{device}/{sensor} has no version before {current}")
+            raise RegistryError(f"{device}/{sensor} has no fit version before {current}")
         activate(conn, device, sensor, previous)
         return previous
 
