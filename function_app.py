@@ -80,6 +80,24 @@ def scheduled_run(timer: func.TimerRequest) -> None:
     )
 
 
+# Timer: retraining (shared.training). NCRONTAB from TRAINING_SCHEDULE (daily by default); a
+# sensor is trained at most once per occurrence, so a double or late fire is harmless. Batches
+# are bounded and no batch starts after the service's budget (below host.json's functionTimeout):
+# the sensors not reached stay due and go first next time.
+@app.function_name("scheduled_training")
+@app.schedule(
+    arg_name="timer", schedule="%TRAINING_SCHEDULE%", run_on_startup=False, use_monitor=True
+)
+def scheduled_training(timer: func.TimerRequest) -> None:
+    from shared.training.service import TIMER_BUDGET_SECONDS, retrain_due
+
+    report = retrain_due(get_context(), budget_seconds=TIMER_BUDGET_SECONDS)
+    log.info(
+        "scheduled_training done",
+        extra={"past_due": timer.past_due, "retraining": report.as_dict(limit=20)},
+    )
+
+
 # Blob trigger on predictions files, through Event Grid (the only source Flex Consumption
 # supports, and immediate rather than polled). Delivered twice, recording changes nothing.
 @app.function_name("record_predictions")

@@ -13,6 +13,7 @@ Containers (names from settings)::
                  runs/<run_id>/<chunk_id>.errors.parquet    per-sensor failures (written first)
     deadletters  <source>/<key>.jsonl                       rejected events/rows with reasons
     reports      runs/<run_id>/report.html
+                 training/<window_end>.json                 what a retraining did (shared.training)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -59,6 +61,11 @@ def deadletter_blob(source: str, key: str) -> str:
 
 def report_blob(run_id: str) -> str:
     return f"runs/{run_id}/report.html"
+
+
+def training_report_blob(window_end: datetime) -> str:
+    """The report of the retraining whose trailing window ends at ``window_end`` (naive UTC)."""
+    return f"training/{window_end:%Y%m%dT%H%M%S}.json"
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,9 @@ def deliver_events(
         yield len(batch)
 
 
-def fire_timer(past_due: bool = False) -> None:
-    user_function("scheduled_run")(TimerRequest(past_due=past_due))
+def fire_timer(past_due: bool = False, function: str = "scheduled_run") -> None:
+    """Fire a timer function (``scheduled_run``, or ``scheduled_training``) once."""
+    user_function(function)(TimerRequest(past_due=past_due))
 
 
 def deliver_predictions(
