@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:  # pandas is only needed for training; scoring runs on pyarrow + numpy.
     import pandas as pd
 
@@ -23,7 +25,23 @@ AGGREGATES: tuple[str, ...] = ("count", "mean", "min", "max", "std")
 """Every per-bucket aggregate a chunk carries, in column order."""
 
 DEFAULT_FEATURES: tuple[str, ...] = ("mean", "std", "min", "max")
-"""Features of the default model, in the order of its feature matrix columns."""
+"""Features of the reference one-class SVM, in the order of its feature matrix columns (the
+default detector, :mod:`scoring.baseline`, declares its own)."""
+
+DERIVED_FEATURES: tuple[str, ...] = ("day_fraction",)
+"""Features computed from ``bucket_start`` rather than stored: ``day_fraction`` is the bucket's
+time of day (UTC) as a fraction of a day, in [0, 1)."""
+
+CONTEXT_BUCKETS = 48
+"""Buckets of history before a run's window that a chunk carries as context rows."""
+
+CONTEXT_COLUMN = "context"
+"""Optional boolean chunk column: the row is history before the run's window, given to models
+that compare a bucket with its recent past; it is not scored into the predictions file."""
+
+SENSITIVITY_METADATA = "scoring.sensitivity"
+"""Chunk schema metadata: the score at or above which a bucket is flagged (default 0.5)."""
+DEFAULT_SENSITIVITY = 0.5
 
 DEFAULT_BUCKET = "1min"
 """Default bucket width (a pandas offset alias; the SQL side uses the same width)."""
@@ -40,6 +58,14 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
 
 ERROR_COLUMNS: tuple[str, ...] = ("device", "sensor", "reason")
 """Columns of an errors file (``<chunk_id>.errors.parquet``)."""
+
+
+def derived_feature(name: str, bucket_start_us: np.ndarray) -> np.ndarray:
+    """A :data:`DERIVED_FEATURES` column from bucket starts (microseconds since the epoch, UTC)."""
+    if name == "day_fraction":
+        day_us = 86_400 * 1_000_000
+        return (np.asarray(bucket_start_us, dtype=np.int64) % day_us) / day_us
+    raise KeyError(f"unknown derived feature {name!r}")
 
 
 def aggregate_readings(

@@ -27,6 +27,11 @@ Two formats:
         threshold         f8   (m,)        calibrated: score = threshold - decision_function
         calibration       <U   (m,)        JSON of SensorModel.calibration
 
+``"baseline-npz"`` (the default detector, file ``<set_id>.baseline.npz``)
+    The state of :class:`scoring.baseline.RobustBaseline` models as plain arrays (range, noise
+    floor, hourly profile, likelihood parameters; see :mod:`scoring.baseline`), read with
+    ``allow_pickle=False``. Its scores are already graded in [0, 1].
+
 ``"skops"`` (generic, file ``<set_id>.skops.zip``)
     Any scikit-learn estimator. A zip holding ``manifest.json`` (keys, features, thresholds,
     calibration, entry names) and one ``models/<i>.skops`` entry per model. One entry per model
@@ -57,8 +62,14 @@ from scoring.kernels import OcsvmArrays, PreparedOcsvm, ocsvm_decision_function
 
 FORMAT_NPZ = "ocsvm-npz"
 FORMAT_SKOPS = "skops"
-FORMAT_EXTENSIONS: dict[str, str] = {FORMAT_NPZ: ".npz", FORMAT_SKOPS: ".skops.zip"}
+FORMAT_BASELINE = "baseline-npz"
+FORMAT_EXTENSIONS: dict[str, str] = {
+    FORMAT_NPZ: ".npz",
+    FORMAT_SKOPS: ".skops.zip",
+    FORMAT_BASELINE: ".baseline.npz",
+}
 NPZ_FORMAT_VERSION = 1
+BASELINE_FORMAT_VERSION = 1
 SKOPS_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
@@ -143,6 +154,23 @@ def anomaly_scores(estimator: Any, threshold: float, X: np.ndarray) -> np.ndarra
         return threshold - decision
     labels = np.asarray(estimator.predict(X)).reshape(-1)
     return np.where(labels == -1, 1.0, -1.0)
+
+
+def margin_unit(calibration: dict | None) -> float:
+    """The unit of a margin model's graded score: the distance between its median training
+    decision value and its threshold (1.0 when the calibration does not say)."""
+    calibration = calibration or {}
+    median = (calibration.get("decision_quantiles") or {}).get("0.5")
+    threshold = calibration.get("threshold")
+    if median is None or threshold is None:
+        return 1.0
+    unit = abs(float(median) - float(threshold))
+    return unit if np.isfinite(unit) and unit > 0 else 1.0
+
+
+def graded_from_margin(margin: np.ndarray, unit: float | np.ndarray) -> np.ndarray:
+    """``0.5 + 0.5 * tanh(margin / unit)``: a margin (> 0 anomalous) as a score in [0, 1]."""
+    return 0.5 + 0.5 * np.tanh(np.asarray(margin, dtype=np.float64) / unit)
 
 
 def model_set_filename(set_id: str, format: str) -> str:
@@ -265,6 +293,32 @@ def write_npz_model_set(path: str | os.PathLike, models: Sequence[SensorModel]) 
         "gamma": np.array([p["gamma"] for p in params], dtype=np.float64),
         "threshold": np.array([model.threshold for model in models], dtype=np.float64),
         "calibration": _unicode([json.dumps(model.calibration) for model in models]),
+    }
+    path = Path(path)
+    tmp = _atomic_target(path)
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(tmp, path)
+
+
+def write_baseline_model_set(path: str | os.PathLike, models: Sequence[SensorModel]) -> None:
+    """Write :class:`scoring.baseline.RobustBaseline` models as a ``"baseline-npz"`` set."""
+    from scoring.baseline import FEATURES, PARAM_FIELDS, stack_params
+
+    _check_keys(models)
+    for model in models:
+        if tuple(model.features) != FEATURES:
+            raise ValueError(f"model {model.key!r}: baseline models use features {FEATURES}")
+    params = stack_params([model.estimator.params_ for model in models])
+    arrays = {
+        "format": np.array(FORMAT_BASELINE),
+        "format_version": np.array(BASELINE_FORMAT_VERSION, dtype=np.int64),
+        "device": _unicode([model.device for model in models]),
+        "sensor": _unicode([model.sensor for model in models]),
+        "version": np.array([model.version for model in models], dtype=np.int64),
+        "threshold": np.array([model.threshold for model in models], dtype=np.float64),
+        "calibration": _unicode([json.dumps(model.calibration) for model in models]),
+        **{f"param_{name}": getattr(params, name) for name in PARAM_FIELDS},
     }
     path = Path(path)
     tmp = _atomic_target(path)
@@ -427,6 +481,9 @@ class ModelSet:
     """
 
     format: str
+    graded = False
+    """Whether :meth:`score` returns graded scores in [0, 1] (else margins: > 0 is anomalous,
+    which :meth:`graded_scores` maps to [0, 1])."""
 
     def __init__(
         self,
@@ -490,6 +547,25 @@ class ModelSet:
         match = self._sorted_keys[position] == query
         found[match] = self._key_order[position[match]]
         return found
+
+    def calibrations(self) -> list[dict]:
+        """Calibration facts of every model, in file order."""
+        return [{} for _ in range(len(self))]
+
+    def graded_scores(self, model_index: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Scores of :meth:`score` as graded scores in [0, 1] (0.5 at the model's threshold).
+
+        Margin models (``score > 0`` is anomalous) have no probability behind their margin, so
+        the map is monotone, not a probability: ``0.5 + 0.5 * tanh(margin / unit)`` with the unit
+        the distance between the model's median training decision value and its threshold (1
+        when unknown). Flags at the default sensitivity 0.5 are exactly the model's own.
+        """
+        if self.graded:
+            return scores
+        if not hasattr(self, "_margin_units"):
+            self._margin_units = np.array([margin_unit(c) for c in self.calibrations()])
+        unit = self._margin_units[np.asarray(model_index, dtype=np.int64)][:, None]
+        return graded_from_margin(scores, unit)
 
     def features_of(self, index: int) -> tuple[str, ...]:
         """Feature names of model `index`."""
@@ -580,6 +656,9 @@ class NpzModelSet(ModelSet):
             ).prepared()
         return self._prepared[n_features]
 
+    def calibrations(self) -> list[dict]:
+        return [json.loads(str(text)) for text in self.calibration_json]
+
     def decision_function(self, model_index: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Raw ``decision_function`` (n_sensors, n_buckets) of each sensor's model."""
         model_index = np.asarray(model_index, dtype=np.int64)
@@ -624,6 +703,58 @@ class NpzModelSet(ModelSet):
         )
 
 
+class BaselineModelSet(ModelSet):
+    """A ``"baseline-npz"`` model set: graded scores of every sensor in one vectorised pass."""
+
+    format = FORMAT_BASELINE
+    graded = True
+
+    def __init__(self, path: Path, arrays: dict[str, np.ndarray]):
+        from scoring.baseline import FEATURES, PARAM_FIELDS, BaselineParams
+
+        m = len(arrays["version"])
+        super().__init__(
+            path,
+            arrays["device"],
+            arrays["sensor"],
+            arrays["version"],
+            [FEATURES] * m,
+            arrays["threshold"],
+        )
+        self.calibration_json = arrays["calibration"]
+        self.params = BaselineParams(
+            *(np.asarray(arrays[f"param_{name}"]) for name in PARAM_FIELDS)
+        )
+        if self.params.profile.ndim != 2 or any(
+            len(getattr(self.params, name)) != m for name in PARAM_FIELDS
+        ):
+            raise ModelSetError(f"{path.name}: parameter arrays do not match {m} models")
+
+    def calibrations(self) -> list[dict]:
+        return [json.loads(str(text)) for text in self.calibration_json]
+
+    def score(self, model_index: np.ndarray, X: np.ndarray, n_buckets: np.ndarray) -> SensorScores:
+        from scoring.baseline import score
+
+        model_index = np.asarray(model_index, dtype=np.int64)
+        return SensorScores(score(X, self.params.take(model_index)), {})
+
+    def model(self, index: int) -> SensorModel:
+        from scoring.baseline import RobustBaseline
+
+        estimator = RobustBaseline()
+        estimator.params_ = self.params.take(np.array([index]))
+        return SensorModel(
+            device=str(self.devices[index]),
+            sensor=str(self.sensors[index]),
+            version=int(self.versions[index]),
+            features=self.features_of(index),
+            estimator=estimator,
+            threshold=float(self.thresholds[index]),
+            calibration=json.loads(str(self.calibration_json[index])),
+        )
+
+
 class SkopsModelSet(ModelSet):
     """A ``"skops"`` model set: entries are loaded lazily and scored one model at a time."""
 
@@ -655,6 +786,9 @@ class SkopsModelSet(ModelSet):
             )
             self._estimators[index] = sio.loads(data, trusted=trusted)
         return self._estimators[index]
+
+    def calibrations(self) -> list[dict]:
+        return [entry.get("calibration") or {} for entry in self._entries]
 
     def model(self, index: int) -> SensorModel:
         entry = self._entries[index]
@@ -737,6 +871,16 @@ def load_model_set(path: str | os.PathLike, *, extra_trusted: Iterable[str] = ()
                 arrays = {key: npz[key] for key in npz.files}
         except Exception as exc:  # noqa: BLE001 - zlib/format errors come in many types
             raise ModelSetError(f"{path.name}: corrupt npz model set ({exc})") from exc
+        if str(arrays.get("format")) == FORMAT_BASELINE:
+            if int(arrays.get("format_version", -1)) != BASELINE_FORMAT_VERSION:
+                raise ModelSetError(
+                    f"{path.name}: baseline format_version {arrays.get('format_version')!r}, "
+                    f"this scorer reads {BASELINE_FORMAT_VERSION}"
+                )
+            try:
+                return BaselineModelSet(path, arrays)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ModelSetError(f"{path.name}: malformed baseline model set ({exc!r})") from exc
         if str(arrays.get("format")) != FORMAT_NPZ:
             raise ModelSetError(f"{path.name}: npz format {arrays.get('format')!r}")
         if int(arrays.get("format_version", -1)) != NPZ_FORMAT_VERSION:
@@ -748,4 +892,4 @@ def load_model_set(path: str | os.PathLike, *, extra_trusted: Iterable[str] = ()
             return NpzModelSet(path, arrays)
         except (KeyError, IndexError, ValueError) as exc:
             raise ModelSetError(f"{path.name}: malformed npz model set ({exc!r})") from exc
-    raise ModelSetError(f"{path.name}: neither an ocsvm-npz nor a skops model set")
+    raise ModelSetError(f"{path.name}: neither an ocsvm-npz, baseline-npz nor a skops model set")

@@ -18,6 +18,7 @@ from sklearn.svm import OneClassSVM
 
 from scoring.features import DEFAULT_FEATURES
 from scoring.model_sets import (
+    FORMAT_BASELINE,
     FORMAT_NPZ,
     FORMAT_SKOPS,
     SCORE_DECISION,
@@ -25,6 +26,7 @@ from scoring.model_sets import (
     SensorModel,
     model_set_filename,
     score_kind,
+    write_baseline_model_set,
     write_npz_model_set,
     write_skops_model_set,
 )
@@ -234,6 +236,28 @@ def fit_sensor_model(
             f"{device}/{sensor}: only {len(X)} usable training buckets "
             f"({n_dropped} dropped for NaN/inf); at least {MIN_TRAINING_BUCKETS} are needed"
         )
+    if getattr(estimator, "graded", False):
+        # Graded detectors (scoring.baseline) calibrate themselves: their score is a tail
+        # probability of the sensor's own training behaviour, fitted on every bucket in order.
+        fitted = clone(estimator)
+        fitted.fit(X)
+        calibration = {
+            "n_samples": int(len(X)),
+            "n_dropped": n_dropped,
+            "n_fit_samples": int(len(X)),
+            "score_kind": "graded",
+            "threshold": 0.5,
+            **fitted.summary(),
+        }
+        return SensorModel(
+            device=str(device),
+            sensor=str(sensor),
+            version=int(version),
+            features=features,
+            estimator=fitted,
+            threshold=0.5,
+            calibration=calibration,
+        )
     X_fit = X
     if max_fit_samples is not None and len(X) > max_fit_samples:
         rng = np.random.default_rng(random_state)
@@ -308,8 +332,18 @@ def is_fast_path_model(model: SensorModel) -> bool:
     )
 
 
+def is_baseline_model(model: SensorModel) -> bool:
+    """Whether a model is a :class:`scoring.baseline.RobustBaseline` (``"baseline-npz"``)."""
+    from scoring.baseline import RobustBaseline
+
+    return isinstance(model.estimator, RobustBaseline)
+
+
 def model_set_format(models: Sequence[SensorModel]) -> str:
-    """``"ocsvm-npz"`` if every model has the default pipeline's shape, else ``"skops"``."""
+    """``"baseline-npz"`` if every model is the default detector, ``"ocsvm-npz"`` if every
+    model has the reference pipeline's shape, else ``"skops"``."""
+    if models and all(map(is_baseline_model, models)):
+        return FORMAT_BASELINE
     return FORMAT_NPZ if models and all(map(is_fast_path_model, models)) else FORMAT_SKOPS
 
 
@@ -344,6 +378,8 @@ def write_model_set(
                 f"ocsvm-npz needs scaler + RBF one-class SVM pipelines; not: {odd[:5]}"
             )
         write_npz_model_set(path, models)
+    elif chosen == FORMAT_BASELINE:
+        write_baseline_model_set(path, models)
     elif chosen == FORMAT_SKOPS:
         write_skops_model_set(path, models)
     else:

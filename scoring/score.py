@@ -44,7 +44,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scoring.features import AGGREGATES, CHUNK_COLUMNS, ERROR_COLUMNS, PREDICTION_COLUMNS
+from scoring.features import (
+    AGGREGATES,
+    CHUNK_COLUMNS,
+    CONTEXT_COLUMN,
+    DEFAULT_SENSITIVITY,
+    DERIVED_FEATURES,
+    ERROR_COLUMNS,
+    PREDICTION_COLUMNS,
+    SENSITIVITY_METADATA,
+    derived_feature,
+)
 from scoring.model_sets import ModelSet, load_model_set
 
 log = logging.getLogger(__name__)
@@ -225,16 +235,25 @@ def _write_errors(
     _write_parquet_atomic(table, output_dir / f"{chunk_id}{ERRORS_SUFFIX}")
 
 
-def _read_chunk(path: Path, use_threads: bool) -> pa.Table:
+def _read_chunk(path: Path, use_threads: bool) -> tuple[pa.Table, np.ndarray, float]:
+    """The chunk's columns, its context mask (rows before the window) and its sensitivity."""
     table = pq.read_table(path, read_dictionary=_DICTIONARY_COLUMNS, use_threads=use_threads)
     missing = [name for name in CHUNK_COLUMNS if name not in table.column_names]
     if missing:
         raise ValueError(f"chunk lacks columns {missing}")
+    metadata = table.schema.metadata or {}
+    sensitivity = float(metadata.get(SENSITIVITY_METADATA.encode(), DEFAULT_SENSITIVITY))
+    if not 0.0 < sensitivity <= 1.0:
+        raise ValueError(f"chunk sensitivity {sensitivity} is not in (0, 1]")
+    if CONTEXT_COLUMN in table.column_names:
+        context = table[CONTEXT_COLUMN].cast(pa.bool_()).fill_null(False).to_numpy()
+    else:
+        context = np.zeros(table.num_rows, dtype=bool)
     table = table.select(list(CHUNK_COLUMNS))
     if not table.schema.equals(_CHUNK_SCHEMA, check_metadata=False):
         table = table.cast(_CHUNK_SCHEMA)  # e.g. int32 counts or naive timestamps (taken as UTC)
     # One dictionary per column (row groups may each carry their own) and one array each.
-    return table.unify_dictionaries().combine_chunks()
+    return table.unify_dictionaries().combine_chunks(), np.asarray(context, dtype=bool), sensitivity
 
 
 def _dictionary_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array, np.ndarray]:
@@ -272,7 +291,7 @@ def score_chunk(
     chunk_path, output_dir = Path(chunk_path), Path(output_dir)
     chunk_id = chunk_id_of(chunk_path)
     try:
-        table = _read_chunk(chunk_path, use_threads)
+        table, context, sensitivity = _read_chunk(chunk_path, use_threads)
     except Exception as exc:  # noqa: BLE001 - any unreadable chunk is reported, not raised
         reason = f"chunk file could not be read: {_describe(exc)}"
         log.error("chunk %s: %s", chunk_id, reason)
@@ -348,7 +367,11 @@ def score_chunk(
 
     def feature(name: str) -> np.ndarray:
         if name not in feature_columns:
-            feature_columns[name] = table[name].to_numpy().astype(np.float64, copy=False)
+            if name in DERIVED_FEATURES:
+                starts_us = table["bucket_start"].cast(pa.int64()).to_numpy()
+                feature_columns[name] = derived_feature(name, starts_us)
+            else:
+                feature_columns[name] = table[name].to_numpy().astype(np.float64, copy=False)
         return feature_columns[name]
 
     pending = np.ones(n_sensors, dtype=bool)
@@ -378,7 +401,9 @@ def score_chunk(
             in_group = feature_set_ids == feature_set_id
             group, group_models = found[in_group], model_index[in_group]
             names = model_set.feature_sets[feature_set_id]
-            unknown = [name for name in names if name not in AGGREGATES]
+            unknown = [
+                name for name in names if name not in AGGREGATES and name not in DERIVED_FEATURES
+            ]
             if unknown:
                 fail(group, f"model uses features the chunk does not have: {unknown}")
                 continue
@@ -421,12 +446,14 @@ def score_chunk(
             "max": table["max"],
             "std": table["std"],
             "score": pa.array(scores),
-            "is_anomaly": pa.array(scores > 0),
+            "is_anomaly": pa.array(scores >= sensitivity),
             "model_version": table["model_version"],
         }
     )
-    if not scored_rows.all():
-        predictions = predictions.filter(pa.array(scored_rows))
+    # Context rows were history for the models, not part of the window: never written.
+    keep = scored_rows & ~context
+    if not keep.all():
+        predictions = predictions.filter(pa.array(keep))
     predictions = predictions.select(list(PREDICTION_COLUMNS)).replace_schema_metadata(
         {METADATA_CHUNK_ID: chunk_id, METADATA_ERRORS: str(len(failures))}
     )
@@ -506,7 +533,7 @@ def _score_group(
         ok[pos] = False
     valid = (offsets[None, :] < group_counts[:, None]) & ok[:, None]
     target = rows[valid]
-    scores[target] = result.scores[valid]
+    scores[target] = model_set.graded_scores(group_models, result.scores)[valid]
     scored_rows[target] = True
 
 

@@ -6,6 +6,7 @@ same trigger functions as the Functions host.
     python -m shared.cli simulate ...         generate a fleet's readings (ingest/eventhub/csv)
     python -m shared.cli import FILE ...      load CSV readings
     python -m shared.cli train ...            fit, register and activate models
+    python -m shared.cli train --due          retrain what the schedule says is due
     python -m shared.cli models list|activate|rollback
     python -m shared.cli run [--at TIME]      score one window now (or ending at TIME)
     python -m shared.cli tick                 fire the timer function once
@@ -237,6 +238,8 @@ def _sensor_pairs(values: Sequence[str] | None) -> list[tuple[str, str]] | None:
 
 
 def cmd_train(args, settings: Settings) -> int:
+    if args.due:
+        return cmd_train_due(args, settings)
     from shared.models.training import train_models
 
     end = _time(args.end) if args.end else utcnow()
@@ -261,6 +264,24 @@ def cmd_train(args, settings: Settings) -> int:
             estimator=args.estimator,
             progress=progress,
         )
+    print(json.dumps(report.as_dict(), indent=1))
+    return 0
+
+
+def cmd_train_due(args, settings: Settings) -> int:
+    from shared.training.service import retrain_due
+
+    if args.start or args.hours or args.device or args.sensor:
+        raise SystemExit("--due takes its window and sensors from the settings (only --end)")
+    now = _time(args.end) if args.end else utcnow()
+    with LocalServices(settings) as ctx, _progress(-1, "retrain (sensors)") as bar:
+
+        def progress(done, total):
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        report = retrain_due(ctx, now, estimator=args.estimator, progress=progress)
     print(json.dumps(report.as_dict(), indent=1))
     return 0
 
@@ -474,6 +495,78 @@ def cmd_azureml(args, settings: Settings) -> int:
     return 0
 
 
+# Settings a replay takes from the environment (the detector's and the product's policy); the
+# rest (storage, SQL, buckets, workers) belong to the replay's own private services.
+_REPLAY_SETTINGS = (
+    "SENSITIVITY",
+    "TRAIN_WINDOW_HOURS",
+    "TRAINING_SCHEDULE",
+    "MIN_TRAINING_BUCKETS",
+    "EVENT_GAP_BUCKETS",
+    "TARGET_FALSE_ALARM_RATE",
+)
+
+
+def cmd_evaluate(args, settings: Settings) -> int:
+    import os
+    import shutil
+    import tempfile
+
+    from shared.db import migrate
+    from shared.evaluation.nab import replay_nab
+    from shared.local.azurite import start_azurite
+
+    out = Path(args.out)
+    work = Path(tempfile.mkdtemp(prefix="nab-replay-"))
+    azurite = start_azurite(work / "azurite")
+    try:
+        env = {name: os.environ[name] for name in _REPLAY_SETTINGS if name in os.environ}
+        replay_settings = Settings.from_env(
+            env
+            | {
+                "DATA_DIR": str(work),
+                "SQL_URL": f"sqlite:///{work / 'replay.db'}",
+                "ScoringStorage": azurite.connection_string,
+                "BUCKET_SECONDS": str(args.bucket_seconds),
+                "LOCAL_WORKERS": "1",
+                "EXECUTOR": "local",
+            }
+        )
+        ctx = AppContext.create(replay_settings)
+        migrate.upgrade(ctx.engine)
+        set_context(ctx)
+        with _progress(-1, "replay") as bar:
+
+            def progress(message: str) -> None:
+                bar.set_description_str(message[:70])
+                bar.update(1)
+                if not bar.disable:
+                    return
+                print(message, file=sys.stderr)
+
+            report = replay_nab(
+                ctx,
+                Path(args.data),
+                Path(args.labels) if args.labels else None,
+                out,
+                detector=args.detector,
+                estimator=args.estimator,
+                categories=args.category or None,
+                window_hours=args.window_hours,
+                progress=progress,
+            )
+        (out / f"{args.detector}_summary.json").write_text(json.dumps(report.as_dict(), indent=1))
+        print(report.table())
+        print(
+            f"results in {out / args.detector}; summary {out / (args.detector + '_summary.json')}"
+        )
+    finally:
+        set_context(None)
+        azurite.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if not report.failed_runs else 1
+
+
 def cmd_demo(args, settings: Settings) -> int:
     from shared.demo import run_demo
 
@@ -549,7 +642,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, help="training window length in hours")
     p.add_argument("--device", action="append", help="only this device (repeatable)")
     p.add_argument("--sensor", action="append", help="only DEVICE/SENSOR (repeatable)")
-    p.add_argument("--estimator", default="ocsvm", help="ocsvm (default), isolation_forest or lof")
+    p.add_argument(
+        "--estimator",
+        default="baseline",
+        help="baseline (default detector), ocsvm (reference), isolation_forest or lof",
+    )
+    p.add_argument(
+        "--due",
+        action="store_true",
+        help="retrain as the scheduled_training timer does: every sensor with no model or a "
+        "model older than TRAINING_SCHEDULE's latest occurrence, over the trailing "
+        "TRAIN_WINDOW_HOURS (--end: as if now were END)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list, activate or roll back model versions")
@@ -594,6 +698,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", nargs="?")
     p.add_argument("--out", help="file (default DATA_DIR/reports/<run_id>.html)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("evaluate", help="replay the product over labelled data (NAB layout)")
+    p.add_argument("benchmark", choices=["nab"])
+    p.add_argument("--data", required=True, help="folder of <category>/<file>.csv series")
+    p.add_argument("--labels", help="NAB combined label windows (JSON), for the summary")
+    p.add_argument("--out", required=True, help="results folder (NAB layout)")
+    p.add_argument("--detector", default="product", help="results name (product)")
+    p.add_argument("--estimator", help="estimator template (default: the default detector)")
+    p.add_argument("--category", action="append", help="only this category (repeatable)")
+    p.add_argument(
+        "--bucket-seconds",
+        type=int,
+        default=300,
+        help="bucket length (300: NAB's series are sampled every 5 minutes or slower)",
+    )
+    p.add_argument("--window-hours", type=float, default=24.0, help="scheduled window length (24)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("azureml", help="Azure ML: create/update the cluster and environment")
     p.add_argument("action", choices=["provision"])

@@ -147,6 +147,9 @@ class Settings:
     train_window_hours: float
     min_training_buckets: int
     target_false_alarm_rate: float
+    # Score at or above which a bucket is flagged (scores are graded in [0, 1]; 0.5 is a tail
+    # probability of 1e-3 under the sensor's normal behaviour for the default detector).
+    sensitivity: float
     log_level: str
     appinsights_connection_string: str | None
     # The user-assigned managed identity's client id (DefaultAzureCredential reads it too).
@@ -240,6 +243,7 @@ class Settings:
             target_false_alarm_rate=r.number(
                 "TARGET_FALSE_ALARM_RATE", 0.001, minimum=0.0, maximum=0.5
             ),
+            sensitivity=r.number("SENSITIVITY", 0.5, minimum=0.01, maximum=1.0),
             log_level=r.choice(
                 "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True
             ),

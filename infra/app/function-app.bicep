@@ -106,6 +106,7 @@ var appSettings = {
   TRAIN_WINDOW_HOURS: '336'
   MIN_TRAINING_BUCKETS: '30'
   TARGET_FALSE_ALARM_RATE: '0.001'
+  SENSITIVITY: '0.5'
   // An anomaly event (one alarm) ends after this many buckets of its sensor without a flag.
   EVENT_GAP_BUCKETS: '300'
   LOG_LEVEL: 'INFO'

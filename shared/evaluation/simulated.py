@@ -1,131 +1,23 @@
-"""Measuring detection quality against labels: simulated anomalies and the NAB benchmark.
+"""Detection quality on simulated fleets: injected anomalies against what the product flags.
 
-Both go through the product's own paths (ingestion or CSV import, the training service, runs
-with the local executor, recording through the blob trigger), so the figures describe what the
-product does, not a side experiment. Used by the quality tests and ``bench/bench_quality.py``.
-
-NAB protocol (``../shared/data/nab``, realAWSCloudwatch): each file is one sensor; it is trained
-on its first 30% (NAB's probationary period) and the rest is scored in one run. Reported per
-file and overall: *window recall*, the share of labelled anomaly windows in the scored part with
-at least one flagged bucket, and *false alarm share*, the share of flagged buckets outside every
-labelled window; plus the share of buckets flagged (the reference's defaults flagged 100% of
-some series).
+The fleet goes through the product's own paths (the Event Hubs function, the training service,
+runs with the local executor, recording through the blob trigger), so the figures describe what
+the product does, not a side experiment.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import select
 
 from shared.context import AppContext
 from shared.db.schema import predictions
-from shared.ingestion.csv_import import import_csv
 from shared.local.host import deliver_predictions
 from shared.models.training import train_models
-from shared.runs import records
-from shared.runs.records import RunFilters
 from shared.runs.service import start_run
 from shared.runs.windows import Window
-
-PROBATION = 0.3
-
-
-@dataclass
-class SeriesResult:
-    name: str
-    buckets: int
-    flagged: int
-    windows: int
-    windows_found: int
-    false_alarms: int
-    run_status: str
-
-    @property
-    def flag_share(self) -> float:
-        return self.flagged / self.buckets if self.buckets else 0.0
-
-
-@dataclass
-class NabReport:
-    series: list[SeriesResult] = field(default_factory=list)
-
-    @property
-    def window_recall(self) -> float:
-        windows = sum(s.windows for s in self.series)
-        return sum(s.windows_found for s in self.series) / windows if windows else 0.0
-
-    @property
-    def false_alarm_share(self) -> float:
-        flagged = sum(s.flagged for s in self.series)
-        return sum(s.false_alarms for s in self.series) / flagged if flagged else 0.0
-
-    def table(self) -> str:
-        lines = [
-            f"{'series':<42}{'buckets':>8}{'flagged':>8}{'share':>7}{'windows':>9}"
-            f"{'found':>6}{'false':>6}"
-        ]
-        for s in self.series:
-            lines.append(
-                f"{s.name:<42}{s.buckets:>8}{s.flagged:>8}{s.flag_share:>7.1%}"
-                f"{s.windows:>9}{s.windows_found:>6}{s.false_alarms:>6}"
-            )
-        lines.append(
-            f"overall: window recall {self.window_recall:.2f}, false alarm share "
-            f"{self.false_alarm_share:.2f}"
-        )
-        return "\n".join(lines)
-
-
-def _parse(ts: str) -> datetime:
-    return datetime.fromisoformat(ts)
-
-
-def evaluate_nab(ctx: AppContext, nab_dir: Path, group: str = "realAWSCloudwatch") -> NabReport:
-    """Import, train, score and evaluate every file of a NAB group; see the module docstring."""
-    labels = json.loads((nab_dir / "labels.json").read_text())
-    report = NabReport()
-    bucket = timedelta(seconds=ctx.settings.bucket_seconds)
-    for path in sorted((nab_dir / group).glob("*.csv")):
-        device, sensor = "nab", path.stem.replace("_", "-")[:64]
-        import_csv(path, ctx.engine, ctx.store, ctx.settings.deadletter_container, device, sensor)
-        stamps = [line.split(",", 1)[0] for line in path.read_text().splitlines()[1:] if line]
-        first, last = _parse(stamps[0]), _parse(stamps[-1])
-        split = first + (last - first) * PROBATION
-        end = last + bucket
-        train_models(ctx, first, split, sensors=[(device, sensor)], workers=1)
-        run, _ = start_run(ctx, Window(split, end), "cli", RunFilters(sensors=((device, sensor),)))
-        deliver_predictions(ctx, run.run_id)
-        run = records.get_run(ctx.engine, run.run_id)
-        with ctx.engine.connect() as conn:
-            rows = conn.execute(
-                select(predictions.c.bucket_start, predictions.c.is_anomaly).where(
-                    predictions.c.run_id == run.run_id
-                )
-            ).all()
-        windows = [(_parse(a), _parse(b)) for a, b in labels.get(f"{group}/{path.name}", [])]
-        windows = [(a, b) for a, b in windows if b >= split]
-
-        def inside(b: datetime, windows=windows) -> bool:
-            return any(a - bucket < b <= w_end for a, w_end in windows)
-
-        flagged = [b for b, anomalous in rows if anomalous]
-        found = sum(1 for a, w_end in windows if any(a - bucket < b <= w_end for b in flagged))
-        report.series.append(
-            SeriesResult(
-                name=path.stem,
-                buckets=len(rows),
-                flagged=len(flagged),
-                windows=len(windows),
-                windows_found=found,
-                false_alarms=sum(1 for b in flagged if not inside(b)),
-                run_status=run.status,
-            )
-        )
-    return report
 
 
 @dataclass

@@ -51,9 +51,11 @@ def estimator_templates() -> dict[str, Callable[[], Any]]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from scoring.baseline import RobustBaseline
     from scoring.modeling import default_estimator
 
     return {
+        "baseline": RobustBaseline,
         "ocsvm": default_estimator,
         "isolation_forest": lambda: IsolationForest(n_estimators=100, random_state=0),
         "lof": lambda: make_pipeline(
@@ -132,15 +134,36 @@ def _fit_batch(
     return out
 
 
+DEFAULT_ESTIMATOR = "baseline"
+"""The default detector (scoring.baseline); "ocsvm" is the reference one-class SVM."""
+
+
+def estimator_features(estimator: str) -> tuple[str, ...]:
+    """The features an estimator template is trained on by default."""
+    from scoring.baseline import FEATURES
+    from scoring.features import DEFAULT_FEATURES
+
+    return FEATURES if estimator == "baseline" else DEFAULT_FEATURES
+
+
+def _feature_column(table: pa.Table, name: str) -> np.ndarray:
+    from scoring.features import DERIVED_FEATURES, derived_feature
+
+    if name in DERIVED_FEATURES:
+        return derived_feature(name, table.column("bucket_start").cast(pa.int64()).to_numpy())
+    return table.column(name).to_numpy().astype(np.float64)
+
+
 def _per_sensor_matrices(
     table: pa.Table, features: Sequence[str]
 ) -> list[tuple[str, str, np.ndarray]]:
-    """Split the features table (sorted by device, sensor) into one matrix per sensor."""
+    """Split the features table (sorted by device, sensor, bucket) into one matrix per sensor
+    (rows in time order)."""
     if table.num_rows == 0:
         return []
     devices = table.column("device").to_numpy(zero_copy_only=False)
     sensors = table.column("sensor").to_numpy(zero_copy_only=False)
-    X = np.column_stack([table.column(f).to_numpy().astype(np.float64) for f in features])
+    X = np.column_stack([_feature_column(table, f) for f in features])
     change = np.flatnonzero((devices[1:] != devices[:-1]) | (sensors[1:] != sensors[:-1])) + 1
     bounds = np.concatenate([[0], change, [len(devices)]])
     return [
@@ -156,19 +179,18 @@ def train_models(
     *,
     devices: Sequence[str] | None = None,
     sensors: Sequence[tuple[str, str]] | None = None,
-    estimator: str = "ocsvm",
+    estimator: str = DEFAULT_ESTIMATOR,
     features: Sequence[str] | None = None,
     activate_new: bool = True,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> TrainingReport:
     """Train, register and (by default) activate models for ``[start, end)``; see module doc."""
-    from scoring.features import DEFAULT_FEATURES
     from scoring.model_sets import model_set_filename
     from scoring.modeling import model_set_format, write_model_set
 
     settings = ctx.settings
-    features = tuple(features or DEFAULT_FEATURES)
+    features = tuple(features or estimator_features(estimator))
     if estimator not in estimator_templates():
         raise ValueError(
             f"unknown estimator {estimator!r}; known: {', '.join(estimator_templates())}"

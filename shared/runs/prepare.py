@@ -1,9 +1,12 @@
 """Preparing a run: aggregate the window in SQL, group sensors into chunks, write them to blob.
 
-Only sensors with an active model are chunked; sensors with readings but no model are listed in
-the run's errors (kind ``no_model``), never silently skipped. Chunks hold ``SENSORS_PER_CHUNK``
-sensors each, sorted by device and sensor, named ``c00000``, ``c00001``... so preparing the same
-run again rewrites the same blobs.
+Each sensor's rows are preceded by its buckets of the ``CONTEXT_BUCKETS`` before the window,
+marked ``context``: models that compare a bucket with its recent past (the default detector) need
+that history, and the scoring step stays files in, files out. Context rows are not scored into
+predictions. Only sensors with an active model and a bucket in the window are chunked;
+sensors with readings but no model are listed in the run's errors (kind ``no_model``), never
+silently skipped. Chunks hold ``SENSORS_PER_CHUNK`` sensors each, sorted by device and sensor,
+named ``c00000``, ``c00001``... so preparing the same run again rewrites the same blobs.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import delete, insert
 
-from scoring.features import CHUNK_COLUMNS
+from scoring.features import CHUNK_COLUMNS, CONTEXT_BUCKETS, CONTEXT_COLUMN, SENSITIVITY_METADATA
 from shared.blobs import chunk_blob
 from shared.context import AppContext
 from shared.db.schema import run_chunks, run_errors
@@ -51,10 +55,11 @@ def prepare_run(ctx: AppContext, run: Run) -> Prepared:
     settings = ctx.settings
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    context_start = run.window.start - timedelta(seconds=CONTEXT_BUCKETS * settings.bucket_seconds)
     with ctx.engine.connect() as conn:
         table = aggregate_features(
             conn,
-            run.window.start,
+            context_start,
             run.window.end,
             settings.bucket_seconds,
             run.filters.devices or None,
@@ -66,11 +71,18 @@ def prepare_run(ctx: AppContext, run: Run) -> Prepared:
     started = time.perf_counter()
     devices, sensors, bounds = _sensor_bounds(table)
     starts, ends = bounds[:-1], bounds[1:]
+    window_start_us = int(
+        (run.window.start.replace(tzinfo=None) - datetime(1970, 1, 1)).total_seconds() * 1_000_000
+    )
+    context = table.column("bucket_start").cast(pa.int64()).to_numpy() < window_start_us
+    table = table.append_column(CONTEXT_COLUMN, pa.array(context))
     keep = np.zeros(table.num_rows, dtype=bool)
     with_model: list[tuple[int, int, object]] = []
     without_model: list[tuple[str, str]] = []
     for a, b in zip(starts, ends, strict=True):
         key = (str(devices[a]), str(sensors[a]))
+        if context[a:b].all():
+            continue  # history only: nothing of this sensor in the window
         model = active.get(key)
         if model is None:
             without_model.append(key)
@@ -95,7 +107,9 @@ def prepare_run(ctx: AppContext, run: Run) -> Prepared:
                 np.repeat(np.array([m.version for _, _, m in members], dtype=np.int64), lengths)
             ),
         )
-        part = part.select(list(CHUNK_COLUMNS))
+        part = part.select([*CHUNK_COLUMNS, CONTEXT_COLUMN]).replace_schema_metadata(
+            {SENSITIVITY_METADATA: repr(float(settings.sensitivity))}
+        )
         buffer = io.BytesIO()
         pq.write_table(part, buffer, compression="zstd")
         chunk_id = f"c{index:05d}"

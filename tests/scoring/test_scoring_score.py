@@ -16,7 +16,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 import scoring.score as score_module
 from scoring.features import DEFAULT_FEATURES, PREDICTION_COLUMNS
-from scoring.model_sets import SensorModel
+from scoring.model_sets import SensorModel, graded_from_margin, margin_unit
 from scoring.modeling import fit_sensor_model, write_model_set
 from scoring.score import score_chunks
 
@@ -117,7 +117,7 @@ def _expected_scores(world, device, sensor, bucket_minutes=None):
     X, model = world["data"][(device, sensor)]
     if bucket_minutes is not None:
         X = X[bucket_minutes]
-    return model.anomaly_score(X)
+    return graded_from_margin(model.anomaly_score(X), margin_unit(model.calibration))
 
 
 def test_scores_known_values_and_isolates_failures(world, tmp_path):
@@ -146,7 +146,7 @@ def test_scores_known_values_and_isolates_failures(world, tmp_path):
     for (device, sensor), group in predictions.groupby(["device", "sensor"]):
         expected = _expected_scores(world, device, sensor)
         np.testing.assert_allclose(group["score"].to_numpy(), expected, rtol=0, atol=1e-9)
-        np.testing.assert_array_equal(group["is_anomaly"].to_numpy(), expected > 0)
+        np.testing.assert_array_equal(group["is_anomaly"].to_numpy(), expected >= 0.5)
     spikes = predictions[(predictions["device"] == "dev-a")]
     last = spikes["bucket_start"] == spikes["bucket_start"].max()
     assert spikes.loc[last, "is_anomaly"].all()  # every injected spike is caught
@@ -339,4 +339,5 @@ def test_chunk_with_loose_types_is_cast_to_the_contract(world, tmp_path):
     table = pq.read_table(tmp_path / "out" / "loose.predictions.parquet")
     assert str(table.schema.field("bucket_start").type) == "timestamp[us, tz=UTC]"
     assert table.column("bucket_start")[0].as_py().isoformat() == "2024-01-01T00:00:00+00:00"
-    np.testing.assert_allclose(table.column("score").to_numpy(), model.anomaly_score(X), atol=1e-9)
+    expected = graded_from_margin(model.anomaly_score(X), margin_unit(model.calibration))
+    np.testing.assert_allclose(table.column("score").to_numpy(), expected, atol=1e-9)

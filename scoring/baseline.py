@@ -1,0 +1,269 @@
+"""The default detector: a robust baseline per sensor, judged by an anomaly likelihood.
+
+Why this model (measured with NAB's official scorer, see the README's quality table): a model of
+*one bucket's absolute level*, such as the reference one-class SVM, flags every level shift after
+training for ever, learns the anomalies of its training span as normal, and has no idea of time
+of day. The best published streaming detectors (Numenta HTM, contextOSE, ARTime) share three
+ideas, which this model carries over to batch scoring:
+
+1. **Compare with the sensor's own recent past and its seasonal self.** A bucket's level is
+   compared with the median of the previous :data:`RECENT_BUCKETS` buckets, on the scale of their
+   interquartile range (robust: earlier spikes in that history move neither), and, where the
+   sensor has a daily pattern, with the median of the same hour of day in training. The smaller
+   of the two deviations counts: a value is unusual only if neither its recent past nor its hour
+   of day explains it. Level shifts are caught on the bucket they happen and become the new
+   normal as the recent median follows them; a change of variability moves the deviations
+   themselves.
+2. **Anomaly likelihood.** The raw deviation ``log(1 + z)`` is averaged over the last
+   :data:`SHORT_BUCKETS` buckets and judged against the distribution of raw deviations the sensor
+   showed in training (a Gaussian tail probability ``p``). A sensor that is always noisy thus
+   stays quiet, a quiet one stays sensitive, and one threshold means the same for every sensor.
+3. **Novelty.** A bucket whose minimum or maximum leaves the range seen so far (training plus the
+   buckets before it) by more than :data:`NOVELTY_MARGIN` of that range is anomalous whatever its
+   likelihood (HTM's "spatial" rule).
+
+**The score** of a bucket is ``min(1, -log10(p) / 6)``: 0.5 means a tail probability of 1e-3 under
+the sensor's normal behaviour, 1.0 means 1e-6 or less; a novel bucket scores at least
+:data:`NOVELTY_SCORE`. One sensitivity (``SENSITIVITY``, default 0.5) turns scores into flags.
+
+**State.** The model file holds a few numbers per sensor (range, noise floor, hourly profile,
+the raw deviations' mean and spread); the recent past comes from the chunk itself, which carries
+the :data:`RECENT_BUCKETS` buckets before the window as context rows. So the scoring step stays
+files in, files out, and the score of a bucket uses only that bucket and earlier ones (causal).
+Retraining on a schedule over a trailing window keeps the state current.
+
+Buckets are taken in order of their rows: a sensor sampled slower than the bucket simply has
+fewer rows, and "the previous buckets" are its previous non-empty buckets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scoring.features import CONTEXT_BUCKETS
+
+RECENT_BUCKETS = CONTEXT_BUCKETS
+"""History a bucket is compared with (previous non-empty buckets; chunks carry this many
+buckets of time before the window)."""
+SHORT_BUCKETS = 3
+"""Buckets averaged for the likelihood (the bucket and the two before it)."""
+PROFILE_SLOTS = 24
+"""Hour-of-day slots of the seasonal profile."""
+MIN_PROFILE_DAYS = 2.0
+"""Training must span this many days before a daily profile is learnt."""
+SEASONAL_GAIN = 0.7
+"""The profile is used when it explains the level at least this well: the spread of residuals
+around it is below this share of the spread of the level itself."""
+NOISE_FLOOR = 0.01
+"""Smallest deviation scale, as a share of the training range: a flat stretch of history must
+not turn rounding into alarms."""
+NOVELTY_MARGIN = 0.05
+NOVELTY_SCORE = 0.75
+SCORE_DECADES = 6.0
+"""``score = -log10(p) / SCORE_DECADES``: 0.5 at p = 1e-3, 1.0 at p <= 1e-6."""
+FEATURES: tuple[str, ...] = ("mean", "min", "max", "day_fraction")
+"""Inputs of the model, in column order (``day_fraction`` is derived from ``bucket_start``)."""
+_IQR_TO_SIGMA = 1.349
+_BLOCK = 256
+
+
+@dataclass
+class BaselineParams:
+    """Fitted state of many sensors (arrays of length ``m``; profile ``(m, PROFILE_SLOTS)``)."""
+
+    low: np.ndarray
+    high: np.ndarray
+    floor: np.ndarray
+    profile: np.ndarray
+    seasonal: np.ndarray
+    seasonal_scale: np.ndarray
+    raw_mean: np.ndarray
+    raw_std: np.ndarray
+
+    def take(self, index: np.ndarray) -> BaselineParams:
+        return BaselineParams(*(getattr(self, f)[index] for f in _PARAM_FIELDS))
+
+
+_PARAM_FIELDS = (
+    "low",
+    "high",
+    "floor",
+    "profile",
+    "seasonal",
+    "seasonal_scale",
+    "raw_mean",
+    "raw_std",
+)
+
+
+def _slots(day_fraction: np.ndarray) -> np.ndarray:
+    return np.clip((day_fraction * PROFILE_SLOTS).astype(np.int64), 0, PROFILE_SLOTS - 1)
+
+
+def deviations(level: np.ndarray, day_fraction: np.ndarray, params: BaselineParams) -> np.ndarray:
+    """Robust deviation ``z`` of each bucket from its recent past / seasonal self.
+
+    Parameters
+    ----------
+    level : ndarray of shape (s, b)
+        Bucket means of ``s`` sensors in time order (context rows first).
+    day_fraction : ndarray of shape (s, b)
+        Time of day of each bucket start in [0, 1).
+    params : BaselineParams
+        State of the ``s`` sensors.
+    """
+    s, b = level.shape
+    w = RECENT_BUCKETS
+    # History of bucket t = the w buckets before it; before a sensor's first row, its first
+    # value stands in (so the first buckets compare with themselves: deviation 0).
+    padded = np.concatenate([np.repeat(level[:, :1], w, axis=1), level], axis=1)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, w, axis=1)[:, :b]
+    k_low, k_mid, k_high = w // 4, w // 2, (3 * w) // 4
+    part = np.partition(windows, (k_low, k_mid, k_high), axis=2)
+    median = part[:, :, k_mid]
+    spread = (part[:, :, k_high] - part[:, :, k_low]) / _IQR_TO_SIGMA
+    scale = np.maximum(spread, params.floor[:, None])
+    z = np.abs(level - median) / scale
+    if params.seasonal.any():
+        expected = np.take_along_axis(params.profile, _slots(day_fraction), axis=1)
+        z_seasonal = np.abs(level - expected) / params.seasonal_scale[:, None]
+        z = np.where(params.seasonal[:, None], np.fmin(z, z_seasonal), z)
+    return z
+
+
+def _short_mean(raw: np.ndarray) -> np.ndarray:
+    k = SHORT_BUCKETS
+    cum = np.cumsum(raw, axis=1)
+    out = cum.copy()
+    out[:, k:] = cum[:, k:] - cum[:, :-k]
+    n = np.minimum(np.arange(1, raw.shape[1] + 1), k)
+    return out / n
+
+
+def score(X: np.ndarray, params: BaselineParams) -> np.ndarray:
+    """Graded anomaly scores in [0, 1] of ``s`` sensors over ``b`` buckets.
+
+    Parameters
+    ----------
+    X : ndarray of shape (s, b, 4)
+        :data:`FEATURES` of each bucket, in time order; the first rows may be context.
+    params : BaselineParams
+        State of the ``s`` sensors.
+    """
+    from scipy.special import log_ndtr  # scipy comes with scikit-learn; imported when used
+
+    out = np.empty(X.shape[:2])
+    for start in range(0, len(X), _BLOCK):
+        part = slice(start, start + _BLOCK)
+        p = params.take(np.arange(len(X))[part])
+        level, low, high, day = (X[part, :, i] for i in range(4))
+        raw = np.log1p(deviations(level, day, p))
+        standard = (_short_mean(raw) - p.raw_mean[:, None]) / p.raw_std[:, None]
+        log10_p = log_ndtr(-standard) / np.log(10.0)
+        graded = np.clip(-log10_p / SCORE_DECADES, 0.0, 1.0)
+        # Novelty: the bucket leaves the range seen so far (training, then earlier buckets).
+        margin = (NOVELTY_MARGIN * (p.high - p.low))[:, None]
+        seen_high = np.maximum(np.maximum.accumulate(high, axis=1), p.high[:, None])
+        seen_low = np.minimum(np.minimum.accumulate(low, axis=1), p.low[:, None])
+        seen_high = np.concatenate([p.high[:, None], seen_high[:, :-1]], axis=1)
+        seen_low = np.concatenate([p.low[:, None], seen_low[:, :-1]], axis=1)
+        novel = (high > seen_high + margin) | (low < seen_low - margin)
+        out[part] = np.where(novel, np.maximum(graded, NOVELTY_SCORE), graded)
+    return out
+
+
+class RobustBaseline:
+    """Scikit-learn style estimator for one sensor: ``fit(X)`` on its training buckets.
+
+    ``X`` has the :data:`FEATURES` columns and its rows in time order (training queries sort
+    by bucket). Fitted state is in :attr:`params_` (a one-sensor :class:`BaselineParams`).
+    """
+
+    graded = True
+    """Its scores are already calibrated in [0, 1]: no threshold calibration afterwards."""
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {}
+
+    def set_params(self, **params) -> RobustBaseline:
+        return self
+
+    def fit(self, X: np.ndarray, y=None) -> RobustBaseline:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(FEATURES):
+            raise ValueError(f"RobustBaseline needs columns {FEATURES}, got shape {X.shape}")
+        level, low, high, day = X.T
+        lo, hi = float(np.min(low)), float(np.max(high))
+        floor = max(NOISE_FLOOR * (hi - lo), 1e-9 * max(1.0, abs(hi), abs(lo)))
+        profile = np.full(PROFILE_SLOTS, float(np.median(level)))
+        seasonal, seasonal_scale = False, floor
+        span_days = _span_days(day)
+        if span_days >= MIN_PROFILE_DAYS:
+            slots = _slots(day)
+            for slot in np.unique(slots):
+                profile[slot] = np.median(level[slots == slot])
+            filled = np.isin(np.arange(PROFILE_SLOTS), slots)
+            if not filled.all():  # slots never seen: the nearest seen slot's value
+                seen = np.flatnonzero(filled)
+                nearest = seen[np.argmin(np.abs(np.arange(PROFILE_SLOTS)[:, None] - seen), axis=1)]
+                profile = profile[nearest]
+            residual = level - profile[slots]
+            spread_residual = _robust_spread(residual)
+            spread_level = _robust_spread(level)
+            seasonal = bool(spread_residual < SEASONAL_GAIN * spread_level)
+            seasonal_scale = max(spread_residual, floor)
+        params = BaselineParams(
+            low=np.array([lo]),
+            high=np.array([hi]),
+            floor=np.array([floor]),
+            profile=profile[None, :],
+            seasonal=np.array([seasonal]),
+            seasonal_scale=np.array([seasonal_scale]),
+            raw_mean=np.zeros(1),
+            raw_std=np.ones(1),
+        )
+        raw = np.log1p(deviations(level[None, :], day[None, :], params))[0]
+        raw = raw[min(RECENT_BUCKETS, len(raw) // 2) :]  # past the warm-up of the recent median
+        params.raw_mean[0] = float(np.mean(raw))
+        params.raw_std[0] = float(np.std(raw)) + 1e-6
+        self.params_ = params
+        return self
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Scores of one sensor's buckets ``X`` (n, 4) in time order."""
+        return score(np.asarray(X, dtype=np.float64)[None], self.params_)[0]
+
+    def summary(self) -> dict:
+        p = self.params_
+        return {
+            "low": float(p.low[0]),
+            "high": float(p.high[0]),
+            "floor": float(p.floor[0]),
+            "seasonal": bool(p.seasonal[0]),
+            "seasonal_scale": float(p.seasonal_scale[0]),
+            "raw_mean": float(p.raw_mean[0]),
+            "raw_std": float(p.raw_std[0]),
+        }
+
+
+def _robust_spread(values: np.ndarray) -> float:
+    q25, q75 = np.percentile(values, [25, 75])
+    return float(q75 - q25) / _IQR_TO_SIGMA
+
+
+def _span_days(day_fraction: np.ndarray) -> float:
+    """Days covered by a time-ordered sequence, from its times of day (wraps count days)."""
+    if len(day_fraction) < 2:
+        return 0.0
+    wraps = int(np.sum(np.diff(day_fraction) < 0))
+    return wraps + float(day_fraction[-1] - day_fraction[0])
+
+
+def stack_params(models: list[BaselineParams]) -> BaselineParams:
+    """One :class:`BaselineParams` of many one-sensor states."""
+    return BaselineParams(*(np.concatenate([getattr(m, f) for m in models]) for f in _PARAM_FIELDS))
+
+
+PARAM_FIELDS = _PARAM_FIELDS
