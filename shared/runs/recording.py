@@ -2,9 +2,11 @@
 
 For each ``runs/<run_id>/<chunk_id>.predictions.parquet`` blob: parse it, replace the chunk's
 rows in ``predictions`` and its per-sensor errors in ``run_errors`` (delete + insert in one
-transaction: an upsert at chunk granularity), mark the chunk recorded, and recount the run,
-which finishes it when every chunk is in. Delivered twice, the second delivery finds the chunk
-recorded with the same ETag and changes nothing; even without an ETag it rewrites the same rows.
+transaction: an upsert at chunk granularity), mark the chunk recorded, recount the run,
+which finishes it when every chunk is in, and bring the anomaly events of the chunk's sensors
+up to date (``shared.events``), all in that transaction. Delivered twice, the second delivery
+finds the chunk recorded with the same ETag and changes nothing; even without an ETag it
+rewrites the same rows and recomputes the same events.
 
 A file that cannot be parsed, or does not belong to a known chunk, is recorded as a failed chunk
 (or a run error) with its reason and the function returns normally: raising would only make
@@ -32,6 +34,7 @@ from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db.bulk import bulk_insert
 from shared.db.schema import predictions, run_chunks, run_errors
+from shared.events.tracking import update_events_for_chunk
 from shared.runs import records
 
 log = logging.getLogger(__name__)
@@ -146,6 +149,10 @@ def record_predictions_blob(
             )
         )
         run = records.refresh_counts(conn, run_id)
+        # In the same transaction: the chunk's sensors' events always match its predictions.
+        events = update_events_for_chunk(
+            conn, run_id, chunk_id, settings.event_gap_buckets, settings.bucket_seconds
+        )
     log.info(
         "recorded predictions",
         extra={
@@ -153,6 +160,7 @@ def record_predictions_blob(
             "rows": len(rows),
             "anomalies": anomalies,
             "sensor_errors": len(sensor_errors),
+            "events_changed": events.changed,
             "run_status": run.status,
         },
     )
