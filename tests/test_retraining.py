@@ -25,6 +25,7 @@ from shared.runs import records
 from shared.runs.service import start_run
 from shared.runs.windows import Window
 from shared.simulate import FleetSpec, make_fleet
+from shared.training import service
 from shared.training.service import (
     KEPT_TOO_FEW_BUCKETS,
     KEPT_UNFIT,
@@ -248,6 +249,24 @@ def test_persistent_level_shift_stops_being_flagged_after_retraining(ctx):
     assert flagged_share(ctx, after.run_id, shifted) <= 0.05 < shifted_before
     for other in others:
         assert flagged_share(ctx, after.run_id, other) <= 0.05
+
+
+def test_bounded_batches_resume_where_the_budget_stopped(ctx, monkeypatch):
+    """Batches hold at most BATCH_BUCKETS buckets (here two sensors' 240); a spent budget stops
+    after the first batch, and the sensors not reached are due, and go first, next time."""
+    monkeypatch.setattr(service, "BATCH_BUCKETS", 2 * 240)
+    ids = ingest(hours=4)
+    now = T0 + 4 * HOUR
+    calls = [retrain_due(ctx, now, budget_seconds=0, workers=1) for _ in range(4)]
+    assert [(r.due, r.batches, r.batches_done, r.not_reached) for r in calls] == [
+        (6, 3, 1, 4),
+        (4, 2, 1, 2),
+        (2, 1, 1, 0),
+        (0, 0, 0, 0),
+    ]
+    trained = [sorted((d, s) for d, s, _ in r.activated) for r in calls[:3]]
+    assert trained == [sorted(ids)[0:2], sorted(ids)[2:4], sorted(ids)[4:6]]
+    assert versions(ctx) == {k: [1] for k in ids}
 
 
 def test_timer_function_trains_sensors_without_a_model(ctx):
