@@ -238,9 +238,7 @@ def test_an_event_open_at_the_end_of_a_window_continues_in_the_next_run(gap5):
     second = record(ctx, NEXT_HOUR, {A: {0: 0.97, 2: 0.6}, B: {30: 0.7}})
     extended, other = all_events(ctx)
     assert extended.event_id == open_event.event_id  # the same incident, the same id
-    assert extended.start == minute(HOUR, 57) and extended.last_bucket_start == minute(
-        NEXT_HOUR, 2
-    )
+    assert extended.start == minute(HOUR, 57) and extended.last_bucket_start == minute(NEXT_HOUR, 2)
     assert extended.n_buckets == 5 and extended.status == CLOSED
     assert (extended.peak_score, extended.peak_bucket) == (0.97, minute(NEXT_HOUR, 0))
     assert (extended.first_run_id, extended.last_run_id) == (first, second)
@@ -324,12 +322,16 @@ def test_windows_recorded_out_of_order_give_the_same_events(gap5, tmp_path):
         conn.execute(sa.delete(predictions))
     record(ctx, HOUR, flags_1, attempt=2)
     record(ctx, NEXT_HOUR, flags_2, attempt=2)
-    assert spans(all_events(ctx)) == out_of_order == [
-        (*A, minute(HOUR, 55), minute(NEXT_HOUR, 1), 3, CLOSED),
-        (*A, minute(NEXT_HOUR, 40), minute(NEXT_HOUR, 40), 1, CLOSED),
-        (*B, minute(HOUR, 5), minute(HOUR, 5), 1, CLOSED),
-        (*B, minute(NEXT_HOUR, 57), minute(NEXT_HOUR, 57), 1, OPEN),
-    ]
+    assert (
+        spans(all_events(ctx))
+        == out_of_order
+        == [
+            (*A, minute(HOUR, 55), minute(NEXT_HOUR, 1), 3, CLOSED),
+            (*A, minute(NEXT_HOUR, 40), minute(NEXT_HOUR, 40), 1, CLOSED),
+            (*B, minute(HOUR, 5), minute(HOUR, 5), 1, CLOSED),
+            (*B, minute(NEXT_HOUR, 57), minute(NEXT_HOUR, 57), 1, OPEN),
+        ]
+    )
 
 
 def test_a_long_open_event_is_re_read_from_its_onset(ctx):
@@ -359,7 +361,5 @@ def test_events_for_filters_by_sensor_and_overlap(gap5):
         minute(HOUR, 30),
         minute(HOUR, 59),
     ]
-    assert [e.start for e in events_for(ctx.engine, until=minute(HOUR, 30))] == [
-        minute(HOUR, 10)
-    ]
+    assert [e.start for e in events_for(ctx.engine, until=minute(HOUR, 30))] == [minute(HOUR, 10)]
     assert events_for(ctx.engine, device="device-404") == []

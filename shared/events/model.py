@@ -118,9 +118,7 @@ def segment(
     bucket = np.timedelta64(int(bucket_seconds) * 1_000_000, "us")
     gap = bucket * int(gap_buckets)
     new = np.ones(len(frame), dtype=bool)
-    new[1:] = (
-        (devices[1:] != devices[:-1]) | (sensors[1:] != sensors[:-1]) | (np.diff(times) > gap)
-    )
+    new[1:] = (devices[1:] != devices[:-1]) | (sensors[1:] != sensors[:-1]) | (np.diff(times) > gap)
     starts = np.flatnonzero(new)
     stops = np.append(starts[1:], len(frame))
     scores = frame["score"].to_numpy(dtype=float)

@@ -229,8 +229,7 @@ def update_events_for_chunk(
         (e.event_id, "closed")
         for e in stale_open
         # Its last flag is more than G buckets before the sensor's latest scored bucket.
-        if latest_scored.get((e.device, e.sensor), e.last_bucket_start) - e.last_bucket_start
-        >= gap
+        if latest_scored.get((e.device, e.sensor), e.last_bucket_start) - e.last_bucket_start >= gap
     ]
     for batch in _batches(gone):
         conn.execute(delete(anomaly_events).where(anomaly_events.c.event_id.in_(batch)))
@@ -263,8 +262,10 @@ def update_events_for_chunk(
                 for e in new
             ],
         )
-    changes.opened, changes.updated, changes.deleted = len(new), len(changed) + len(closing), len(
-        gone
+    changes.opened, changes.updated, changes.deleted = (
+        len(new),
+        len(changed) + len(closing),
+        len(gone),
     )
     if changes.changed:
         log.info(
