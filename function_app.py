@@ -180,6 +180,12 @@ def list_anomalies(req: func.HttpRequest) -> func.HttpResponse:
     return _http("anomalies_handler")(req)
 
 
+@app.function_name("get_anomaly")
+@app.route(route="anomalies/{event_id}", methods=["GET"])
+def get_anomaly(req: func.HttpRequest) -> func.HttpResponse:
+    return _http("anomaly_handler")(req)
+
+
 @app.function_name("openapi")
 @app.route(route="openapi.json", methods=["GET"])
 def openapi(req: func.HttpRequest) -> func.HttpResponse:

@@ -14,11 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import azure.functions as func
-from sqlalchemy import select
 
 from shared.clock import parse_utc, utcnow
 from shared.context import AppContext
-from shared.db.schema import predictions
 from shared.ingestion.validation import InvalidReading, check_id
 from shared.runs import records
 from shared.runs.reconcile import reconcile_run_if_due
@@ -202,42 +200,69 @@ def list_runs_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpRespon
     return _json({"runs": [r.as_dict() for r in runs]})
 
 
+ANOMALY_PARAMS = {"device", "sensor", "since", "until", "status", "run_id", "min_score", "limit"}
+
+
+def _event_body(req: func.HttpRequest, event) -> dict[str, Any]:
+    base = req.url.split("/api/", 1)[0] if "/api/" in req.url else ""
+    return {
+        **event.as_dict(),
+        "url": f"{base}/api/anomalies/{event.event_id}",
+        # The report of the run that raised the alert (the onset), and of the latest one.
+        "report_url": f"{base}/api/runs/{event.first_run_id}/report",
+        "last_report_url": f"{base}/api/runs/{event.last_run_id}/report",
+    }
+
+
 def anomalies_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
-    allowed = {"device", "sensor", "start", "end", "run_id", "limit"}
-    unknown = sorted(set(req.params) - allowed)
+    """Anomaly events (one per incident), newest onset first; see OPENAPI for the filters."""
+    from shared.events import STATUSES, EventFilters, list_events
+
+    unknown = sorted(set(req.params) - ANOMALY_PARAMS)
     if unknown:
-        raise BadRequest(f"unknown parameter(s): {', '.join(unknown)}")
-    query = select(predictions).where(predictions.c.is_anomaly.is_(True))
-    if "device" in req.params:
-        query = query.where(predictions.c.device == _id("device", req.params["device"]))
-    if "sensor" in req.params:
-        query = query.where(predictions.c.sensor == _id("sensor", req.params["sensor"]))
-    if "run_id" in req.params:
-        query = query.where(predictions.c.run_id == req.params["run_id"])
-    start = parse_time("start", req.params["start"]) if "start" in req.params else None
-    end = parse_time("end", req.params["end"]) if "end" in req.params else None
-    if start and end and start >= end:
-        raise BadRequest("start must be before end")
-    if start:
-        query = query.where(predictions.c.bucket_start >= start)
-    if end:
-        query = query.where(predictions.c.bucket_start < end)
-    query = query.order_by(
-        predictions.c.bucket_start.desc(), predictions.c.device, predictions.c.sensor
-    ).limit(_limit(req))
-    with ctx.engine.connect() as conn:
-        rows = conn.execute(query).all()
-    return _json(
-        {
-            "anomalies": [
-                {
-                    **{k: v for k, v in r._mapping.items()},
-                    "bucket_start": r.bucket_start.isoformat() + "Z",
-                }
-                for r in rows
-            ]
-        }
+        raise BadRequest(
+            f"unknown parameter(s): {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(ANOMALY_PARAMS))}"
+        )
+    params = req.params
+    since = parse_time("since", params["since"]) if "since" in params else None
+    until = parse_time("until", params["until"]) if "until" in params else None
+    if since and until and since >= until:
+        raise BadRequest("since must be before until")
+    status = params.get("status")
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
+    min_score = None
+    if "min_score" in params:
+        try:
+            min_score = float(params["min_score"])
+        except ValueError:
+            raise BadRequest(f"min_score={params['min_score']!r} is not a number") from None
+        if not 0.0 <= min_score <= 1.0:
+            raise BadRequest("min_score must be between 0 and 1")
+    filters = EventFilters(
+        device=_id("device", params["device"]) if "device" in params else None,
+        sensor=_id("sensor", params["sensor"]) if "sensor" in params else None,
+        since=since,
+        until=until,
+        status=status,
+        run_id=params.get("run_id"),
+        min_score=min_score,
     )
+    events = list_events(ctx.engine, filters, limit=_limit(req))
+    return _json({"events": [_event_body(req, e) for e in events]})
+
+
+def anomaly_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
+    """One event with every scored bucket of its span (flagged or not)."""
+    from shared.events import event_buckets, get_event
+
+    event_id = req.route_params.get("event_id", "")
+    event = get_event(ctx.engine, event_id)
+    if event is None:
+        return error(404, f"no anomaly event {event_id!r}")
+    buckets, truncated = event_buckets(ctx.engine, event)
+    return _json({**_event_body(req, event), "buckets": buckets, "buckets_truncated": truncated})
 
 
 def report_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
@@ -401,21 +426,39 @@ OPENAPI: dict[str, Any] = {
         },
         "/anomalies": {
             "get": {
-                "summary": "Anomalous buckets, newest first",
+                "summary": "Anomaly events (one per incident), newest onset first",
+                "description": "Flagged buckets of a sensor fewer than EVENT_GAP_BUCKETS "
+                "unflagged buckets apart form one event; its onset (`start`) is the alert. "
+                "`since`/`until` select events that overlap the period. `run_id` selects the "
+                "events of the sensors the run scored that overlap its window. The buckets of "
+                "an event are at `url` (`GET /anomalies/{event_id}`).",
                 "operationId": "listAnomalies",
                 "parameters": [
                     {"name": "device", "in": "query", "schema": {"type": "string"}},
                     {"name": "sensor", "in": "query", "schema": {"type": "string"}},
                     {"name": "run_id", "in": "query", "schema": {"type": "string"}},
                     {
-                        "name": "start",
+                        "name": "since",
                         "in": "query",
+                        "description": "Only events that end after this time",
                         "schema": {"type": "string", "format": "date-time"},
                     },
                     {
-                        "name": "end",
+                        "name": "until",
                         "in": "query",
+                        "description": "Only events that start before this time",
                         "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["open", "closed"]},
+                    },
+                    {
+                        "name": "min_score",
+                        "in": "query",
+                        "description": "Only events whose peak score is at least this",
+                        "schema": {"type": "number", "minimum": 0, "maximum": 1},
                     },
                     {
                         "name": "limit",
@@ -430,15 +473,15 @@ OPENAPI: dict[str, Any] = {
                 ],
                 "responses": {
                     "200": {
-                        "description": "Anomalies",
+                        "description": "Events",
                         "content": {
                             "application/json": {
                                 "schema": {
                                     "type": "object",
                                     "properties": {
-                                        "anomalies": {
+                                        "events": {
                                             "type": "array",
-                                            "items": {"$ref": "#/components/schemas/Prediction"},
+                                            "items": {"$ref": "#/components/schemas/AnomalyEvent"},
                                         }
                                     },
                                 }
@@ -447,6 +490,36 @@ OPENAPI: dict[str, Any] = {
                     },
                     "400": {
                         "description": "Invalid request",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
+                },
+            },
+        },
+        "/anomalies/{event_id}": {
+            "get": {
+                "summary": "One anomaly event with every scored bucket of its span",
+                "description": "Buckets from `start` to `end`, flagged or not, as the newest "
+                "run scored them (at most 5000; `buckets_truncated` says when cut).",
+                "operationId": "getAnomaly",
+                "parameters": [
+                    {
+                        "name": "event_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The event and its buckets",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/AnomalyEventDetail"}
+                            }
+                        },
+                    },
+                    "404": {
+                        "description": "No such event",
                         "content": {"application/json": {"schema": _ERROR}},
                     },
                 },
@@ -530,6 +603,63 @@ OPENAPI: dict[str, Any] = {
                     "error": {"type": "string", "nullable": True},
                     "errors": {"type": "array", "items": {"type": "object"}},
                 },
+            },
+            "AnomalyEvent": {
+                "type": "object",
+                "properties": {
+                    "event_id": {
+                        "type": "string",
+                        "description": "Stable id (hash of device, sensor and onset)",
+                    },
+                    "device": {"type": "string"},
+                    "sensor": {"type": "string"},
+                    "start": {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "Onset: start of the first flagged bucket (the alert)",
+                    },
+                    "end": {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "End of the last flagged bucket",
+                    },
+                    "last_bucket_start": {"type": "string", "format": "date-time"},
+                    "n_buckets": {"type": "integer", "description": "Flagged buckets"},
+                    "onset_score": {"type": "number"},
+                    "peak_score": {"type": "number"},
+                    "peak_bucket": {"type": "string", "format": "date-time"},
+                    "status": {
+                        "type": "string",
+                        "enum": ["open", "closed"],
+                        "description": "open while a flag in the sensor's next bucket would "
+                        "still join the event",
+                    },
+                    "first_run_id": {"type": "string"},
+                    "last_run_id": {"type": "string"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "updated_at": {"type": "string", "format": "date-time"},
+                    "url": {"type": "string"},
+                    "report_url": {
+                        "type": "string",
+                        "description": "Report of the run that raised the alert",
+                    },
+                    "last_report_url": {"type": "string"},
+                },
+            },
+            "AnomalyEventDetail": {
+                "allOf": [
+                    {"$ref": "#/components/schemas/AnomalyEvent"},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "buckets": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/Prediction"},
+                            },
+                            "buckets_truncated": {"type": "boolean"},
+                        },
+                    },
+                ]
             },
             "Prediction": {
                 "type": "object",

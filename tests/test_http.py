@@ -96,21 +96,24 @@ def test_start_status_list_and_anomalies(ctx):
     status, listed = call("list_runs", params={"status": "completed", "limit": "5"})
     assert status == 200 and [r["run_id"] for r in listed["runs"]] == [run_id]
 
+    # One event per incident: together they hold every flagged bucket of the run.
     status, anomalies = call("list_anomalies", params={"run_id": run_id, "limit": "500"})
     assert status == 200
-    assert len(anomalies["anomalies"]) == run["counts"]["anomalies"] > 0
-    first = anomalies["anomalies"][0]
-    assert first["is_anomaly"] is True and first["bucket_start"].endswith("Z")
+    events = anomalies["events"]
+    assert 0 < len(events) <= run["counts"]["anomalies"]
+    assert sum(e["n_buckets"] for e in events) == run["counts"]["anomalies"]
+    first = events[0]
+    assert first["start"].endswith("Z") and first["report_url"] == f"{BASE}/runs/{run_id}/report"
     device = first["device"]
     status, some = call(
         "list_anomalies",
         params={
             "device": device,
-            "start": sc.window.start.isoformat(),
-            "end": (sc.window.end + timedelta(hours=1)).isoformat(),
+            "since": sc.window.start.isoformat(),
+            "until": (sc.window.end + timedelta(hours=1)).isoformat(),
         },
     )
-    assert status == 200 and {a["device"] for a in some["anomalies"]} == {device}
+    assert status == 200 and {a["device"] for a in some["events"]} == {device}
 
 
 @pytest.mark.parametrize(
@@ -119,8 +122,11 @@ def test_start_status_list_and_anomalies(ctx):
         ("list_runs", {"status": "bogus"}, "status must be one of"),
         ("list_runs", {"limit": "0"}, "limit must be between"),
         ("list_runs", {"limit": "ten"}, "not an integer"),
-        ("list_anomalies", {"start": "soon"}, "not an ISO-8601"),
-        ("list_anomalies", {"start": "2026-01-02", "end": "2026-01-01"}, "start must be before"),
+        ("list_anomalies", {"since": "soon"}, "not an ISO-8601"),
+        ("list_anomalies", {"since": "2026-01-02", "until": "2026-01-01"}, "since must be before"),
+        ("list_anomalies", {"status": "bogus"}, "status must be one of open, closed"),
+        ("list_anomalies", {"min_score": "high"}, "not a number"),
+        ("list_anomalies", {"min_score": "2"}, "between 0 and 1"),
         ("list_anomalies", {"device": "a b"}, "characters outside"),
         ("list_anomalies", {"colour": "red"}, "unknown parameter(s): colour"),
     ],
@@ -141,13 +147,27 @@ def test_openapi_document_is_valid(ctx):
     status, spec = call("openapi", path="openapi.json")
     assert status == 200
     validate(spec)
-    assert set(spec["paths"]) == {"/runs", "/runs/{run_id}", "/runs/{run_id}/report", "/anomalies"}
+    assert set(spec["paths"]) == {
+        "/runs",
+        "/runs/{run_id}",
+        "/runs/{run_id}/report",
+        "/anomalies",
+        "/anomalies/{event_id}",
+    }
 
 
 def test_http_functions_use_function_keys():
     from tests.helpers import functions_by_name
 
-    for name in ("start_run", "list_runs", "get_run", "run_report", "list_anomalies", "openapi"):
+    for name in (
+        "start_run",
+        "list_runs",
+        "get_run",
+        "run_report",
+        "list_anomalies",
+        "get_anomaly",
+        "openapi",
+    ):
         (trigger,) = [
             b
             for b in functions_by_name()[name].get_dict_repr()["bindings"]
