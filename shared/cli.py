@@ -10,7 +10,8 @@ same trigger functions as the Functions host.
     python -m shared.cli models list|activate|rollback
     python -m shared.cli run [--at TIME]      score one window now (or ending at TIME)
     python -m shared.cli tick                 fire the timer function once
-    python -m shared.cli status RUN_ID | runs | anomalies
+    python -m shared.cli status RUN_ID | runs  one run, recent runs
+    python -m shared.cli anomalies [show ID]  anomaly events (one per incident), or one event
     python -m shared.cli report RUN_ID        write the run's HTML report
     python -m shared.cli azureml provision    create/update the cluster and environment
 
@@ -432,33 +433,50 @@ def cmd_runs(args, settings: Settings) -> int:
 
 
 def cmd_anomalies(args, settings: Settings) -> int:
-    from sqlalchemy import select
+    """Anomaly events (one per incident) as a table; ``anomalies show ID``: one with buckets."""
+    from shared.events import STATUSES, EventFilters, event_buckets, get_event, list_events
 
-    from shared.db.schema import predictions
-
-    query = select(predictions).where(predictions.c.is_anomaly.is_(True))
-    if args.device:
-        query = query.where(predictions.c.device == args.device)
-    if args.sensor:
-        query = query.where(predictions.c.sensor == args.sensor)
-    if args.run_id:
-        query = query.where(predictions.c.run_id == args.run_id)
-    if args.start:
-        query = query.where(predictions.c.bucket_start >= _time(args.start))
-    if args.end:
-        query = query.where(predictions.c.bucket_start < _time(args.end))
-    query = query.order_by(predictions.c.bucket_start.desc()).limit(args.limit)
-    with LocalServices(settings) as ctx, ctx.engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(query)]
-    for row in rows:
-        for k in ("mean", "min", "max", "std", "score"):
-            row[k] = f"{row[k]:.3f}"
-    print(
-        table(
-            rows,
-            ["bucket_start", "device", "sensor", "mean", "min", "max", "std", "score", "run_id"],
-        )
+    if args.anomalies_action == "show":
+        with LocalServices(settings) as ctx:
+            event = get_event(ctx.engine, args.event_id)
+            if event is None:
+                print(f"no anomaly event {args.event_id!r}", file=sys.stderr)
+                return 2
+            buckets, truncated = event_buckets(ctx.engine, event)
+        print(json.dumps(event.as_dict(), indent=1))
+        for row in buckets:
+            row["flag"] = "*" if row["is_anomaly"] else ""
+            for k in ("mean", "min", "max", "score"):
+                row[k] = None if row[k] is None else f"{row[k]:.3f}"
+        print(table(buckets, ["bucket_start", "flag", "score", "mean", "min", "max", "run_id"]))
+        if truncated:
+            print(f"(first {len(buckets)} buckets)")
+        return 0
+    if args.status is not None and args.status not in STATUSES:
+        raise SystemExit(f"--status must be one of {', '.join(STATUSES)}")
+    filters = EventFilters(
+        device=args.device,
+        sensor=args.sensor,
+        since=_time(args.since) if args.since else None,
+        until=_time(args.until) if args.until else None,
+        status=args.status,
+        run_id=args.run_id,
+        min_score=args.min_score,
     )
+    with LocalServices(settings) as ctx:
+        events = list_events(ctx.engine, filters, limit=args.limit)
+    rows = [
+        {
+            **e.as_dict(),
+            "start": f"{e.start:%Y-%m-%d %H:%M:%S}",
+            "end": f"{e.end:%Y-%m-%d %H:%M:%S}",
+            "peak_score": f"{e.peak_score:.3f}",
+            "onset_score": f"{e.onset_score:.3f}",
+        }
+        for e in events
+    ]
+    columns = ["event_id", "device", "sensor", "start", "end", "n_buckets", "peak_score"]
+    print(table(rows, [*columns, "onset_score", "status", "first_run_id"]))
     return 0
 
 
@@ -685,14 +703,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("anomalies", help="anomalous buckets, newest first")
+    p = sub.add_parser(
+        "anomalies", help="anomaly events (one per incident), newest first; show ID: its buckets"
+    )
     p.add_argument("--device")
     p.add_argument("--sensor")
-    p.add_argument("--run-id")
-    p.add_argument("--start")
-    p.add_argument("--end")
+    p.add_argument("--run-id", help="events of the sensors this run scored, in its window")
+    p.add_argument("--since", "--start", help="events that end after this time")
+    p.add_argument("--until", "--end", help="events that start before this time")
+    p.add_argument("--status", help="open or closed")
+    p.add_argument("--min-score", type=float, help="only events with this peak score or more")
     p.add_argument("--limit", type=int, default=50)
-    p.set_defaults(func=cmd_anomalies)
+    p.set_defaults(func=cmd_anomalies, anomalies_action="list")
+    show = p.add_subparsers(dest="anomalies_action", required=False).add_parser(
+        "show", help="one event with every bucket of its span"
+    )
+    show.add_argument("event_id")
 
     p = sub.add_parser("report", help="write a run's HTML report (no RUN_ID: all recent runs)")
     p.add_argument("run_id", nargs="?")

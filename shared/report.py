@@ -1,10 +1,12 @@
 """Run reports: an HTML page per run that a person would rather look at than read.
 
-The page shows the run's status, window, counts and time per stage, a table of the sensors with
-anomalies, one plot per anomalous sensor (bucket mean as a line, the min-max range as a band,
-flagged buckets as red dots), and the run's errors. Plots are inline SVG drawn here: the page
-has no scripts and no external assets, so it renders the same from a blob, a browser or an
-e-mail, with no network. An overview page lists recent runs the same way.
+The page shows the run's status, window, counts and time per stage, the run's anomaly events
+(one per incident: those of the sensors it scored that overlap its window, ``shared.events``), a
+table of the sensors with anomalies, one plot per anomalous sensor (bucket mean as a line, the
+min-max range as a band, flagged buckets as red dots, event spans shaded), and the run's errors.
+Plots are inline SVG drawn here: the page has no scripts and no external assets, so it renders
+the same from a blob, a browser or an e-mail, with no network. An overview page lists recent
+runs the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import select
 
 from shared.context import AppContext
 from shared.db.schema import predictions
+from shared.events import AnomalyEvent, run_events
 from shared.runs import records
 
 MAX_PLOTS = 40
@@ -38,7 +41,7 @@ th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums
 .plot{border:1px solid #d0d7de;border-radius:6px;margin:6px 0 18px;background:#fff}
 .plot .band{fill:#ddf4ff}.plot .line{fill:none;stroke:#0969da;stroke-width:1.5}
 .plot .flag{fill:#cf222e}.plot text{font-size:11px;fill:#656d76}
-.plot .axis{stroke:#d0d7de}
+.plot .axis{stroke:#d0d7de}.plot .event{fill:#ffebe9;stroke:#ff8182;stroke-width:1}
 """
 
 
@@ -68,8 +71,11 @@ def _table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], numeric=())
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def sensor_plot(device: str, sensor: str, points: Sequence[tuple]) -> str:
-    """Inline SVG of one sensor's window: (bucket_start, mean, min, max, is_anomaly) points."""
+def sensor_plot(
+    device: str, sensor: str, points: Sequence[tuple], events: Sequence[AnomalyEvent] = ()
+) -> str:
+    """Inline SVG of one sensor's window: (bucket_start, mean, min, max, is_anomaly) points,
+    with the spans of ``events`` (clipped to the window) shaded behind them."""
     points = sorted(points)
     t0, t1 = points[0][0], points[-1][0]
     span = max((t1 - t0).total_seconds(), 1.0)
@@ -100,12 +106,26 @@ def sensor_plot(device: str, sensor: str, points: Sequence[tuple]) -> str:
         if p[4]
     )
     n_flags = sum(1 for p in points if p[4])
+    spans = []
+    for event in events:
+        left, right = max(event.start, t0), min(event.last_bucket_start, t1)
+        if left > right:
+            continue
+        x0, x1 = x(left), x(right)
+        spans.append(
+            f"<rect class=event x={x0 - 2:.1f} y={PAD / 2:.1f} width={x1 - x0 + 4:.1f} "
+            f"height={HEIGHT - 1.5 * PAD:.1f} data-event='{_e(event.event_id)}'>"
+            f"<title>event {_e(event.event_id)}: {event.start:%Y-%m-%d %H:%M} to "
+            f"{event.end:%H:%M}, {event.n_buckets} flagged, peak {event.peak_score:.3f}, "
+            f"{_e(event.status)}</title></rect>"
+        )
     return (
         f"<svg class=plot width={WIDTH} height={HEIGHT} viewBox='0 0 {WIDTH} {HEIGHT}' "
         f"role=img aria-label='{_e(device)}/{_e(sensor)}: {n_flags} flagged buckets' "
         f"data-sensor='{_e(device)}/{_e(sensor)}'>"
         f"<line class=axis x1={PAD} y1={HEIGHT - PAD} x2={WIDTH - PAD} y2={HEIGHT - PAD} />"
-        f"<polygon class=band points='{band}' /><polyline class=line points='{line}' />{flags}"
+        f"{''.join(spans)}<polygon class=band points='{band}' />"
+        f"<polyline class=line points='{line}' />{flags}"
         f"<text x={PAD} y=16>{_e(device)} / {_e(sensor)}</text>"
         f"<text x={PAD} y={HEIGHT - 12}>{t0:%H:%M}</text>"
         f"<text x={WIDTH - PAD - 30} y={HEIGHT - 12}>{t1:%H:%M}</text>"
@@ -152,7 +172,11 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
                 series[(device, row.sensor)].append(
                     (row.bucket_start, row.mean, row.min, row.max, bool(row.is_anomaly))
                 )
+        events = run_events(conn, run_id)
     errors = records.run_errors_of(ctx.engine, run_id, limit=200)
+    events_of: dict[tuple[str, str], list[AnomalyEvent]] = defaultdict(list)
+    for event in events:
+        events_of[(event.device, event.sensor)].append(event)
 
     counts = run.as_dict()["counts"]
     cards = "".join(
@@ -171,7 +195,23 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
         }
         for d, s in sorted(per_sensor, key=lambda k: (-len(per_sensor[k]), k))
     ]
-    plots = "".join(sensor_plot(d, s, series[(d, s)]) for d, s in ranked if series[(d, s)])
+    plots = "".join(
+        sensor_plot(d, s, series[(d, s)], events_of[(d, s)]) for d, s in ranked if series[(d, s)]
+    )
+    event_rows = [
+        {
+            "onset": f"{e.start:%Y-%m-%d %H:%M}"
+            + (" (before this window)" if e.start < run.window.start else ""),
+            "end": f"{e.end:%Y-%m-%d %H:%M}",
+            "device": e.device,
+            "sensor": e.sensor,
+            "flagged": e.n_buckets,
+            "peak": f"{e.peak_score:.3f}",
+            "status": e.status,
+            "event_id": e.event_id,
+        }
+        for e in events
+    ]
     body = [
         f"<h1>Run {_e(run.run_id)} <span class='status {_e(run.status)}'>{_e(run.status)}</span>"
         f"</h1><div class=muted>window {_e(run.window.start)} to {_e(run.window.end)} UTC · "
@@ -189,6 +229,28 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
     body.append(
         "<h2>Time per stage</h2>"
         + _table(timings, [("stage", "stage"), ("seconds", "seconds")], numeric={"seconds"})
+    )
+    body.append(
+        f"<h2>Anomaly events ({len(event_rows)})</h2><p class=muted>One per incident: flagged "
+        "buckets of a sensor close together are one event, alerted once at its onset.</p>"
+    )
+    body.append(
+        _table(
+            event_rows,
+            [
+                ("onset", "onset (UTC)"),
+                ("end", "end"),
+                ("device", "device"),
+                ("sensor", "sensor"),
+                ("flagged", "flagged buckets"),
+                ("peak", "peak score"),
+                ("status", "status"),
+                ("event_id", "event"),
+            ],
+            numeric={"flagged", "peak"},
+        )
+        if event_rows
+        else "<p class=muted>No anomaly events in this run.</p>"
     )
     body.append(f"<h2>Sensors with anomalies ({len(sensor_rows)})</h2>")
     body.append(
@@ -211,7 +273,7 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
         shown = f" (the {len(ranked)} with most flags)" if len(per_sensor) > len(ranked) else ""
         body.append(
             f"<h2>Anomalous sensors{shown}</h2><p class=muted>Bucket mean (line), "
-            f"min-max range (band), flagged buckets (red).</p>{plots}"
+            f"min-max range (band), flagged buckets (red), anomaly events (shaded).</p>{plots}"
         )
     if errors:
         body.append(

@@ -363,3 +363,121 @@ def test_events_for_filters_by_sensor_and_overlap(gap5):
     ]
     assert [e.start for e in events_for(ctx.engine, until=minute(HOUR, 30))] == [minute(HOUR, 10)]
     assert events_for(ctx.engine, device="device-404") == []
+
+
+# ------------------------------------------------------------------ API, CLI and report
+
+
+def test_api_lists_events_and_shows_one_with_its_buckets(gap5):
+    from tests.test_http import BASE, call
+
+    ctx = gap5
+    run_id = record(ctx, HOUR, {A: {10: 0.7, 11: 0.95, 13: 0.8}, B: {40: 0.6, 59: 0.9}})
+    status, body = call("list_anomalies", params={"run_id": run_id})
+    assert status == 200
+    listed = body["events"]
+    # Newest onset first; one item per incident.
+    assert [(e["sensor"], e["start"]) for e in listed] == [
+        ("sensor-02", "2026-03-02T11:59:00Z"),
+        ("sensor-02", "2026-03-02T11:40:00Z"),
+        ("sensor-01", "2026-03-02T11:10:00Z"),
+    ]
+    incident = listed[-1]
+    assert incident["n_buckets"] == 3 and incident["peak_score"] == 0.95
+    assert incident["end"] == "2026-03-02T11:14:00Z" and incident["status"] == CLOSED
+    assert incident["report_url"] == f"{BASE}/runs/{run_id}/report"
+    assert incident["url"] == f"{BASE}/anomalies/{incident['event_id']}"
+
+    def ids(**params):
+        status, body = call("list_anomalies", params=params)
+        assert status == 200, body
+        return [e["event_id"] for e in body["events"]]
+
+    assert ids(status="open") == [listed[0]["event_id"]]
+    assert ids(min_score="0.9") == [listed[0]["event_id"], incident["event_id"]]
+    assert ids(device="device-001", sensor="sensor-01") == [incident["event_id"]]
+    assert ids(since="2026-03-02T11:30:00Z", until="2026-03-02T11:50:00") == [listed[1]["event_id"]]
+    assert ids(limit="1") == [listed[0]["event_id"]]
+    assert ids(run_id="run-unknown") == []
+
+    status, detail = call(
+        "get_anomaly",
+        path=f"anomalies/{incident['event_id']}",
+        route_params={"event_id": incident["event_id"]},
+    )
+    assert status == 200 and detail["event_id"] == incident["event_id"]
+    # Every bucket of the span, flagged or not: 11:10 to 11:13.
+    assert [(b["bucket_start"], b["is_anomaly"]) for b in detail["buckets"]] == [
+        ("2026-03-02T11:10:00Z", True),
+        ("2026-03-02T11:11:00Z", True),
+        ("2026-03-02T11:12:00Z", False),
+        ("2026-03-02T11:13:00Z", True),
+    ]
+    assert detail["buckets_truncated"] is False
+    status, missing = call("get_anomaly", route_params={"event_id": "ev-nope"})
+    assert status == 404 and "no anomaly event" in missing["error"]
+
+
+def test_cli_lists_events_and_shows_one(gap5, env, monkeypatch, capsys):
+    from shared import cli
+
+    ctx = gap5
+    record(ctx, HOUR, {A: {10: 0.7, 11: 0.95}, B: {59: 0.9}})
+    for name, value in {**env, "EVENT_GAP_BUCKETS": "5"}.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["anomalies", "--status", "closed"]) == 0
+    out = capsys.readouterr().out
+    (a1,) = events_for(ctx.engine, *A)
+    assert a1.event_id in out and "2026-03-02 11:10:00" in out and "0.950" in out
+    assert "sensor-02" not in out  # its event is open
+    assert cli.main(["anomalies", "show", a1.event_id]) == 0
+    out = capsys.readouterr().out
+    assert f'"event_id": "{a1.event_id}"' in out
+    assert "2026-03-02T11:11:00Z  *     0.950" in out
+    assert cli.main(["anomalies", "show", "ev-nope"]) == 2
+
+
+def test_report_lists_the_runs_events_and_shades_their_spans(gap5):
+    from shared.report import build_run_report
+
+    ctx = gap5
+    first = record(ctx, HOUR, {A: {58: 0.8, 59: 0.9}})
+    second = record(ctx, NEXT_HOUR, {A: {0: 0.97, 1: 0.6, 30: 0.7}})
+    continued, later = events_for(ctx.engine)
+    page = build_run_report(ctx, second)
+    assert "Anomaly events (2)" in page
+    assert continued.event_id in page and later.event_id in page
+    assert "2026-03-02 11:58 (before this window)" in page
+    # One shaded span per event on the sensor's plot, the continued one clipped to the window.
+    assert page.count("<rect class=event") == 2
+    assert f"data-event='{continued.event_id}'" in page
+    assert "Anomaly events (1)" in build_run_report(ctx, first)
+
+
+def test_a_simulated_fleet_gets_one_event_per_incident(ctx):
+    """The scheduled-run path on a simulated fleet with injected anomalies: every flagged bucket
+    is in exactly one event of its sensor, and every sensor with flags has an event."""
+    from shared.runs.service import start_run
+    from tests import scenario
+
+    sc = scenario.build(ctx, devices=2, sensors=3)
+    run, _ = start_run(ctx, sc.window, "cli")
+    deliver_predictions(ctx, run.run_id)
+    run = records.get_run(ctx.engine, run.run_id)
+    with ctx.engine.connect() as conn:
+        flagged = conn.execute(
+            sa.select(predictions.c.device, predictions.c.sensor, predictions.c.bucket_start).where(
+                predictions.c.run_id == run.run_id, predictions.c.is_anomaly.is_(True)
+            )
+        ).all()
+    events = run_events(ctx.engine, run.run_id)
+    assert flagged and events
+    assert sum(e.n_buckets for e in events) == len(flagged) == run.n_anomalies
+    for device, sensor, bucket in flagged:
+        holding = [
+            e
+            for e in events
+            if (e.device, e.sensor) == (device, sensor) and e.start <= bucket < e.end
+        ]
+        assert len(holding) == 1
+    assert len(events) < len(flagged) or all(e.n_buckets == 1 for e in events)

@@ -78,6 +78,12 @@ def test_report_renders_in_chromium(ctx, scored_run, tmp_path):
     assert n_plots >= 1
     assert dom.count('<circle class="flag"') == run.n_anomalies  # every flag drawn (< 40)
     assert '<polyline class="line"' in dom
+    # The run's anomaly events: listed, and shaded on the plots of their sensors.
+    from shared.events import run_events
+
+    events = run_events(ctx.engine, run.run_id)
+    assert events and f"Anomaly events ({len(events)})" in dom
+    assert dom.count('<rect class="event"') >= 1
 
     shot = tmp_path / "report.png"
     result = chromium(["--window-size=900,2400", f"--screenshot={shot}", page.as_uri()], tmp_path)

@@ -34,7 +34,6 @@ every committed prediction and the table converges.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -59,8 +58,6 @@ from sqlalchemy import (
 from shared.clock import utcnow
 from shared.db.schema import anomaly_events, predictions, runs
 from shared.events.model import OPEN, AnomalyEvent, segment
-
-log = logging.getLogger(__name__)
 
 # SQL Server takes at most 2100 parameters per statement.
 IN_BATCH = 1000
@@ -267,17 +264,6 @@ def update_events_for_chunk(
         len(changed) + len(closing),
         len(gone),
     )
-    if changes.changed:
-        log.info(
-            "anomaly events updated",
-            extra={
-                "run_id": run_id,
-                "chunk_id": chunk_id,
-                "events_opened": changes.opened,
-                "events_updated": changes.updated,
-                "events_deleted": changes.deleted,
-            },
-        )
     return changes
 
 

@@ -160,7 +160,9 @@ def record_predictions_blob(
             "rows": len(rows),
             "anomalies": anomalies,
             "sensor_errors": len(sensor_errors),
-            "events_changed": events.changed,
+            "events_opened": events.opened,
+            "events_updated": events.updated,
+            "events_deleted": events.deleted,
             "run_status": run.status,
         },
     )
