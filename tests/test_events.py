@@ -481,3 +481,43 @@ def test_a_simulated_fleet_gets_one_event_per_incident(ctx):
         ]
         assert len(holding) == 1
     assert len(events) < len(flagged) or all(e.n_buckets == 1 for e in events)
+
+
+# ------------------------------------------------------------------ the migration
+
+
+def test_migration_0003_on_a_database_at_0002(sql_url):
+    """A deployment at 0002 gets the table and its indexes (the chain 0001 -> 0002 -> 0003);
+    downgrading removes them again."""
+    from shared.db import migrate
+    from shared.db.engine import engine_for_url
+
+    engine = engine_for_url(sql_url)
+    migrate.upgrade(engine, "0002")
+    assert "anomaly_events" not in sa.inspect(engine).get_table_names()
+    migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == "0003"
+    inspector = sa.inspect(engine)
+    indexes = {i["name"]: i for i in inspector.get_indexes("anomaly_events")}
+    assert indexes["ix_anomaly_events_device_sensor_start"]["column_names"] == [
+        "device",
+        "sensor",
+        "start",
+    ]
+    assert indexes["ix_anomaly_events_device_sensor_start"]["unique"]
+    assert indexes["ix_anomaly_events_start"]["column_names"] == ["start"]
+    from alembic import command
+
+    command.downgrade(migrate.alembic_config(engine), "0002")
+    assert "anomaly_events" not in sa.inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_migration_0003_for_sql_server_uses_datetime2():
+    from shared.db import migrate
+
+    script = migrate.offline_sql("mssql+pyodbc://", "0002:0003")
+    assert "CREATE TABLE anomaly_events" in script
+    for column in ("start", "[end]", "last_bucket_start", "peak_bucket", "created_at"):
+        assert f"{column} DATETIME2(6) NOT NULL" in script
+    assert "CREATE UNIQUE INDEX ix_anomaly_events_device_sensor_start" in script
