@@ -84,6 +84,14 @@ TRANSIENT_MSSQL = {
         "SQLExecDirectW",
     ),
     "login timeout": odbc(pyodbc.OperationalError, "HYT00", "Login timeout expired", 0),
+    "1205 deadlock victim": odbc(
+        pyodbc.Error,
+        "40001",
+        "[SQL Server]Transaction (Process ID 52) was deadlocked on lock resources with another "
+        "process and has been chosen as the deadlock victim. Rerun the transaction.",
+        1205,
+        "SQLExecDirectW",
+    ),
 }
 PERMANENT_MSSQL = {
     "duplicate key": odbc(
@@ -137,6 +145,8 @@ TRANSIENT_PG = {
     "57P03 cannot connect now": psycopg.errors.CannotConnectNow("the database is starting up"),
     "08006 connection failure": psycopg.errors.lookup("08006")("connection failure"),
     "08001 cannot establish": psycopg.errors.lookup("08001")("could not establish"),
+    "40P01 deadlock detected": psycopg.errors.DeadlockDetected("deadlock detected"),
+    "40001 serialization failure": psycopg.errors.SerializationFailure("could not serialize"),
 }
 PERMANENT_PG = {
     "database missing": psycopg.OperationalError(

@@ -13,6 +13,9 @@ One classification, :func:`is_transient`, used at two levels:
   redo; every write in this app is (keyed inserts, chunk recording that replaces the chunk's
   rows, runs unique on their run key).
 
+Deadlock victims (PostgreSQL 40P01, SQL Server 1205) and serialization failures count as
+transient: the database rolled the transaction back and asks for it to be rerun.
+
 Both back off exponentially with jitter, stop after a bounded total time (``SQL_RETRY_SECONDS``),
 and log a warning for each retry naming the error class, its code and the attempt. Everything
 else (integrity, syntax, permission, a missing database, a bad password) is raised at once.
@@ -44,9 +47,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # SQL Server / Azure SQL native error numbers that a retry can outlast (Microsoft's transient
-# error lists for Azure SQL and SqlClient's retry logic, without lock/deadlock errors).
+# error lists for Azure SQL and SqlClient's retry logic), and the deadlock victim: its
+# transaction was rolled back and "Rerun the transaction" is the documented remedy; every unit
+# of work retried here is safe to redo.
 TRANSIENT_MSSQL_ERRORS = frozenset(
     {
+        1205,  # chosen as the deadlock victim: rerun the transaction
         64,  # connection lost during login
         233,  # connection initialisation failed before login
         4060,  # cannot open database (still resuming / failing over)
@@ -81,8 +87,9 @@ _MSSQL_TRANSIENT_TEXT = (
 _MSSQL_NATIVE = re.compile(r"\((\d+)\)\s*(?=\(SQL\w*\)|;|$)")
 
 # PostgreSQL SQLSTATEs: admin_shutdown, crash_shutdown, cannot_connect_now (starting up);
+# deadlock_detected and serialization_failure (the transaction was rolled back: rerun it);
 # class 08 is connection_exception.
-_PG_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+_PG_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "40P01", "40001"})
 # libpq reports connection failures with no SQLSTATE (psycopg's ``sqlstate`` is None), whatever
 # the cause: these texts are the transient ones ("database does not exist" or "password
 # authentication failed" are not).

@@ -3,19 +3,20 @@
 Event Hubs delivers at least once, and CSV imports get re-run, so every insert skips keys that
 already exist (:func:`shared.db.dialects.insert_if_absent`). When some rows were skipped, their
 stored values are compared with the incoming ones: an identical value is a harmless redelivery;
-a different one is a *conflict*, counted and logged, never silently overwritten (the first
-value stored wins, and the dead-letter-free path keeps the batch moving).
+a different one is a *conflict*, counted, logged and returned to the caller (which keeps the
+value in a dead letter), never silently overwritten: the first value stored wins.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Column, Connection, Engine, MetaData, Table, select
 
 from shared.db.dialects import insert_if_absent
+from shared.db.retry import call_with_sql_retry
 from shared.db.schema import readings
 from shared.ingestion.validation import Reading
 
@@ -35,59 +36,85 @@ class InsertCounts:
     inserted: int = 0
     duplicates: int = 0
     conflicts: int = 0
+    # (index in the batch, stored value) of each reading not stored because its key holds
+    # another value: the caller keeps these values where an operator can see them.
+    conflicting: list[tuple[int, float]] = field(default_factory=list)
 
     def add(self, other: InsertCounts) -> None:
+        offset = self.received
         self.received += other.received
         self.inserted += other.inserted
         self.duplicates += other.duplicates
         self.conflicts += other.conflicts
+        self.conflicting.extend((offset + i, v) for i, v in other.conflicting)
+
+
+def _key(r: Reading) -> tuple:
+    return (r.ts, r.device, r.sensor)
+
+
+# A deadlock victim (two batches with overlapping keys) is retried for this long; with rows
+# inserted in key order it should not happen on PostgreSQL, but SQL Server's lock escalation or
+# a concurrent writer elsewhere still can.
+DEADLOCK_RETRY_SECONDS = 30.0
 
 
 def insert_readings(engine: Engine, batch: Sequence[Reading]) -> InsertCounts:
-    """Insert ``batch`` in one transaction; existing keys are skipped and checked for conflicts."""
+    """Insert ``batch`` in one transaction; existing keys are skipped and checked for conflicts.
+
+    Rows are inserted in key order (the primary key's), so two batches with overlapping keys
+    take their row locks in the same order and one waits for the other instead of deadlocking;
+    a transaction that still loses a deadlock (or hits a failover) is re-run whole, which is
+    safe because the insert skips existing keys.
+    """
     counts = InsertCounts(received=len(batch))
     if not batch:
         return counts
     # Within one batch the same key may repeat (a sensor resending); keep the first.
-    unique: dict[tuple, Reading] = {}
-    for r in batch:
-        unique.setdefault((r.ts, r.device, r.sensor), r)
-    in_batch_dupes = len(batch) - len(unique)
-    rows = list(unique.values())
-    with engine.begin() as conn:
-        statement = insert_if_absent(readings, KEY, conn.dialect.name)
-        if conn.dialect.name == "mssql":
-            # pyodbc's fast_executemany reports no per-row counts: look the keys up first.
-            existing = _existing_values(conn, rows)
-            fresh = [r for r in rows if (r.ts, r.device, r.sensor) not in existing]
-            for start in range(0, len(fresh), INSERT_BATCH):
-                conn.execute(statement, [r._asdict() for r in fresh[start : start + INSERT_BATCH]])
-            inserted = len(fresh)
-            conflicts = sum(
-                1 for r in rows if existing.get((r.ts, r.device, r.sensor), r.value) != r.value
-            )
-        else:
-            inserted = 0
-            for start in range(0, len(rows), INSERT_BATCH):
-                inserted += _insert_driver_level(
-                    conn, statement, rows[start : start + INSERT_BATCH]
-                )
-            conflicts = _count_conflicts(conn, rows) if inserted < len(rows) else 0
-    in_batch_conflicts = (
-        sum(1 for r in batch if unique[(r.ts, r.device, r.sensor)].value != r.value)
-        if in_batch_dupes
-        else 0
-    )
+    first: dict[tuple, int] = {}
+    for i, r in enumerate(batch):
+        first.setdefault(_key(r), i)
+    rows = sorted((batch[i] for i in first.values()), key=_key)
+
+    def work() -> tuple[int, dict[tuple, float]]:
+        with engine.begin() as conn:
+            return _insert_rows(conn, rows)
+
+    inserted, existing = call_with_sql_retry(work, DEADLOCK_RETRY_SECONDS, "insert readings")
+    for i, r in enumerate(batch):
+        key = _key(r)
+        stored = existing.get(key, batch[first[key]].value)
+        if r.value != stored:
+            counts.conflicting.append((i, stored))
     counts.inserted = inserted
     counts.duplicates = len(batch) - inserted
-    counts.conflicts = conflicts + in_batch_conflicts
+    counts.conflicts = len(counts.conflicting)
     if counts.conflicts:
         log.warning(
             "readings with a different value for an existing (device, sensor, ts) were kept "
-            "as first stored",
+            "as first stored; the others are dead-lettered with reason 'conflict'",
             extra={"conflicts": counts.conflicts, "received": counts.received},
         )
     return counts
+
+
+def _insert_rows(conn: Connection, rows: Sequence[Reading]) -> tuple[int, dict[tuple, float]]:
+    """Insert the key-ordered, key-unique ``rows``; returns (inserted, stored values of the
+    keys that were skipped or were there already, when any was)."""
+    statement = insert_if_absent(readings, KEY, conn.dialect.name)
+    if conn.dialect.name == "mssql":
+        # pyodbc's fast_executemany reports no per-row counts: look the keys up first.
+        existing = _existing_values(conn, rows)
+        fresh = [r for r in rows if _key(r) not in existing]
+        for start in range(0, len(fresh), INSERT_BATCH):
+            conn.execute(statement, [r._asdict() for r in fresh[start : start + INSERT_BATCH]])
+        return len(fresh), existing
+    inserted = 0
+    for start in range(0, len(rows), INSERT_BATCH):
+        inserted += _insert_driver_level(conn, statement, rows[start : start + INSERT_BATCH])
+    # Rows this batch just inserted match themselves, so only skipped keys can differ.
+    existing = _existing_values(conn, rows) if inserted < len(rows) else {}
+    return inserted, existing
 
 
 def _insert_driver_level(conn: Connection, statement, rows: Sequence[Reading]) -> int:
@@ -140,7 +167,11 @@ def _insert_postgresql_copy(conn: Connection, rows: Sequence[Reading]) -> int:
     names = [c.name for c in _PG_STAGE.columns]
     move = (
         postgresql.insert(readings)
-        .from_select(names, select(*_PG_STAGE.columns))
+        # In key order: concurrent batches then lock overlapping keys in the same order.
+        .from_select(
+            names,
+            select(*_PG_STAGE.columns).order_by(*(_PG_STAGE.c[k] for k in KEY)),
+        )
         .on_conflict_do_nothing(index_elements=list(KEY))
     )
     cursor = conn.connection.dbapi_connection.cursor()
@@ -180,12 +211,3 @@ def _existing_values(conn: Connection, rows: Sequence[Reading]) -> dict[tuple, f
             if (ts, device, sensor) in keys:
                 found[(ts, device, sensor)] = value
     return found
-
-
-def _count_conflicts(conn: Connection, rows: Sequence[Reading]) -> int:
-    """How many of ``rows`` exist with a different value (only called when some were skipped).
-
-    Rows this batch just inserted match themselves, so they never count.
-    """
-    existing = _existing_values(conn, rows)
-    return sum(1 for r in rows if existing.get((r.ts, r.device, r.sensor), r.value) != r.value)

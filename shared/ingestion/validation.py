@@ -41,10 +41,11 @@ _valid_ids: set[str] = set()
 
 
 def check_id(kind: str, value: Any) -> str:
-    if value in _valid_ids:
-        return value
+    # The type first: a list or dict is unhashable (the set lookup would raise TypeError).
     if not isinstance(value, str):
         raise InvalidReading(f"{kind} must be a string, got {type(value).__name__}")
+    if value in _valid_ids:
+        return value
     if not value:
         raise InvalidReading(f"{kind} is empty")
     if len(value) > ID_LENGTH:
@@ -68,8 +69,11 @@ def _parse_iso(value: Any) -> datetime:
         raise InvalidReading(f"ts must be an ISO-8601 string, got {type(value).__name__}")
     try:
         return parse_utc(value)
-    except ValueError:
-        raise InvalidReading(f"ts {value!r} is not an ISO-8601 timestamp") from None
+    except ValueError as exc:
+        shown = repr(value[:64]) + ("..." if len(value) > 64 else "")
+        if "outside the years" in str(exc):
+            raise InvalidReading(f"ts {shown} is outside the years 1-9999 in UTC") from None
+        raise InvalidReading(f"ts {shown} is not an ISO-8601 timestamp") from None
 
 
 def parse_ts(value: Any, now: datetime | None = None) -> datetime:
@@ -91,7 +95,10 @@ def parse_ts(value: Any, now: datetime | None = None) -> datetime:
 def check_value(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidReading(f"value must be a number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise InvalidReading("value is too large for a 64-bit float") from None
     if not math.isfinite(value):
         raise InvalidReading("value is not finite")
     return value
@@ -112,4 +119,6 @@ def validate_reading(item: Any, now: datetime | None = None) -> Reading:
                 f"a reading must be a JSON object, got {type(item).__name__}"
             ) from None
         missing = [k for k in ("device", "sensor", "ts", "value") if k not in item]
+        if not missing:  # every field is there: say which value was of the wrong kind
+            raise InvalidReading("a field has a value of the wrong type") from None
         raise InvalidReading(f"missing field(s): {', '.join(missing)}") from None
