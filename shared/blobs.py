@@ -85,10 +85,43 @@ def parse_predictions_blob(name: str) -> PredictionsName | None:
     return PredictionsName(match["run_id"], match["chunk_id"])
 
 
+# Storage SDK retries and timeouts, for blob and queue clients alike. The SDK's defaults (3
+# retries after 15, 18 and 24 s, 20 s to connect, 60 s per read) held one attempt ~80 s
+# against an unreachable account, and the host's retries multiplied that (an Event Hubs
+# partition stood still ~7 minutes). Here a blip is retried twice within ~4 s, an outage fails
+# the attempt in seconds (refused: ~4 s; a silent endpoint: 3 x READ_TIMEOUT_SECONDS + ~4 s), and
+# the trigger's own retry policy (host.json, @app.retry) decides what happens next.
+STORAGE_RETRIES = 2
+STORAGE_BACKOFF_SECONDS = 1  # first retry after ~1 s, the second after ~1 + 2 s
+CONNECT_TIMEOUT_SECONDS = 5
+READ_TIMEOUT_SECONDS = 10
+
+
+def storage_client_options(retry_class=None) -> dict:
+    """Keyword arguments bounding a storage client's retries and timeouts (see above);
+    ``retry_class``: the SDK's ``ExponentialRetry`` (the blob package's by default)."""
+    if retry_class is None:
+        from azure.storage.blob import ExponentialRetry as retry_class
+
+    return {
+        "retry_policy": retry_class(
+            initial_backoff=STORAGE_BACKOFF_SECONDS,
+            increment_base=2,
+            retry_total=STORAGE_RETRIES,
+            random_jitter_range=1,
+        ),
+        "connection_timeout": CONNECT_TIMEOUT_SECONDS,
+        "read_timeout": READ_TIMEOUT_SECONDS,
+    }
+
+
 def service_client(connection: Connection) -> BlobServiceClient:
-    """A blob service client from a connection string or an identity-based connection."""
+    """A blob service client from a connection string or an identity-based connection, with
+    bounded retries and timeouts (:func:`storage_client_options`)."""
     if connection.connection_string:
-        return BlobServiceClient.from_connection_string(connection.connection_string)
+        return BlobServiceClient.from_connection_string(
+            connection.connection_string, **storage_client_options()
+        )
     if not connection.endpoint:
         raise ValueError(
             f"{connection.name} is not configured: set it to a connection string, or set "
@@ -101,7 +134,9 @@ def service_client(connection: Connection) -> BlobServiceClient:
         if connection.client_id
         else DefaultAzureCredential()
     )
-    return BlobServiceClient(account_url=connection.endpoint, credential=credential)
+    return BlobServiceClient(
+        account_url=connection.endpoint, credential=credential, **storage_client_options()
+    )
 
 
 class BlobStore:

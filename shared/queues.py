@@ -36,9 +36,12 @@ def poison_queue_name(queue: str) -> str:
 
 
 def queue_service_client(connection: Connection) -> QueueServiceClient:
-    """A queue service client from a connection string or an identity-based connection."""
+    """A queue service client from a connection string or an identity-based connection, with
+    the same bounded retries and timeouts as the blob client (``storage_client_options``)."""
     if connection.connection_string:
-        return QueueServiceClient.from_connection_string(connection.connection_string)
+        return QueueServiceClient.from_connection_string(
+            connection.connection_string, **_client_options()
+        )
     if not connection.queue_endpoint:
         raise ValueError(
             f"{connection.name} has no queue endpoint: set {connection.name}__queueServiceUri "
@@ -51,7 +54,17 @@ def queue_service_client(connection: Connection) -> QueueServiceClient:
         if connection.client_id
         else DefaultAzureCredential()
     )
-    return QueueServiceClient(account_url=connection.queue_endpoint, credential=credential)
+    return QueueServiceClient(
+        account_url=connection.queue_endpoint, credential=credential, **_client_options()
+    )
+
+
+def _client_options() -> dict:
+    from azure.storage.queue import ExponentialRetry
+
+    from shared.blobs import storage_client_options
+
+    return storage_client_options(ExponentialRetry)
 
 
 def encode_message(payload: dict[str, Any]) -> str:
