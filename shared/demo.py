@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 import time
 
-from sqlalchemy import select
+from sqlalchemy import select, true
 
 from shared.clock import utcnow
 from shared.db.schema import predictions
@@ -81,7 +81,7 @@ def run_demo(settings: Settings, args) -> int:
                 for d, s, b in conn.execute(
                     select(
                         predictions.c.device, predictions.c.sensor, predictions.c.bucket_start
-                    ).where(predictions.c.run_id == run.run_id, predictions.c.is_anomaly.is_(True))
+                    ).where(predictions.c.run_id == run.run_id, predictions.c.is_anomaly == true())
                 )
             }
         errors = records.run_errors_of(ctx.engine, run.run_id, limit=10)

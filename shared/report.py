@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, true
 
 from shared.context import AppContext
 from shared.db.schema import predictions
@@ -146,7 +146,7 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
                 predictions.c.sensor,
                 predictions.c.bucket_start,
                 predictions.c.score,
-            ).where(predictions.c.run_id == run_id, predictions.c.is_anomaly.is_(True))
+            ).where(predictions.c.run_id == run_id, predictions.c.is_anomaly == true())
         ).all()
         per_sensor: dict[tuple[str, str], list] = defaultdict(list)
         for d, s, b, score in flagged:

@@ -9,6 +9,7 @@ blob containers, so tests never see each other's data.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NAB = ROOT.parent / "shared" / "data" / "nab"
 # As the app's engines have it once connected to Azure SQL (VARCHAR(max), not TEXT).
 MSSQL = mssql_dialect()
+INVALID_TSQL_IS = re.compile(r"\bIS\s+(?:NOT\s+)?[01]\b")
 
 
 @pytest.fixture(scope="session")
@@ -110,9 +112,15 @@ class MssqlCompileCheck:
         if not isinstance(clauseelement, sa.sql.ClauseElement):
             return
         try:
-            self.compiled.append(str(mssql_equivalent(clauseelement).compile(dialect=MSSQL)))
+            sql = str(mssql_equivalent(clauseelement).compile(dialect=MSSQL))
         except Exception as exc:  # noqa: BLE001 - every failure is reported by the test
             self.failures.append(f"{clauseelement!s:.300}\n  -> {type(exc).__name__}: {exc}")
+            return
+        self.compiled.append(sql)
+        # Compiles, yet SQL Server refuses it: `col.is_(True)` renders `col IS 1` for mssql
+        # (T-SQL only has IS [NOT] NULL); compare booleans with `== true()`.
+        if INVALID_TSQL_IS.search(sql):
+            self.failures.append(f"{sql:.300}\n  -> `IS 1`/`IS 0` is not T-SQL")
 
 
 def mssql_equivalent(statement):

@@ -28,7 +28,7 @@ def flagged(ctx, run_id) -> set:
             conn.execute(
                 sa.select(
                     predictions.c.device, predictions.c.sensor, predictions.c.bucket_start
-                ).where(predictions.c.run_id == run_id, predictions.c.is_anomaly.is_(True))
+                ).where(predictions.c.run_id == run_id, predictions.c.is_anomaly == sa.true())
             ).all()
         )
 

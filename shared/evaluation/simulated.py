@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, true
 
 from shared.context import AppContext
 from shared.db.schema import predictions
@@ -97,7 +97,7 @@ def evaluate_simulated(
             conn.execute(
                 select(
                     predictions.c.device, predictions.c.sensor, predictions.c.bucket_start
-                ).where(predictions.c.run_id == run.run_id, predictions.c.is_anomaly.is_(True))
+                ).where(predictions.c.run_id == run.run_id, predictions.c.is_anomaly == true())
             ).all()
         )
     truth = {
