@@ -467,7 +467,7 @@ def test_a_simulated_fleet_gets_one_event_per_incident(ctx):
     with ctx.engine.connect() as conn:
         flagged = conn.execute(
             sa.select(predictions.c.device, predictions.c.sensor, predictions.c.bucket_start).where(
-                predictions.c.run_id == run.run_id, predictions.c.is_anomaly.is_(True)
+                predictions.c.run_id == run.run_id, predictions.c.is_anomaly == sa.true()
             )
         ).all()
     events = run_events(ctx.engine, run.run_id)
@@ -506,6 +506,11 @@ def test_migration_0003_on_a_database_at_0002(sql_url):
     ]
     assert indexes["ix_anomaly_events_device_sensor_start"]["unique"]
     assert indexes["ix_anomaly_events_start"]["column_names"] == ["start"]
+    # The partial index of flagged predictions that the recompute reads.
+    flagged = {i["name"]: i for i in inspector.get_indexes("predictions")}["ix_predictions_flagged"]
+    assert flagged["column_names"] == ["device", "sensor", "bucket_start"]
+    where = flagged.get("dialect_options", {})
+    assert "is_anomaly" in str(where.get("postgresql_where", where.get("sqlite_where", "")))
     from alembic import command
 
     command.downgrade(migrate.alembic_config(engine), "0002")
@@ -521,3 +526,7 @@ def test_migration_0003_for_sql_server_uses_datetime2():
     for column in ("start", "[end]", "last_bucket_start", "peak_bucket", "created_at"):
         assert f"{column} DATETIME2(6) NOT NULL" in script
     assert "CREATE UNIQUE INDEX ix_anomaly_events_device_sensor_start" in script
+    assert (
+        "CREATE INDEX ix_predictions_flagged ON predictions (device, sensor, bucket_start) "
+        "WHERE is_anomaly = 1" in script
+    )

@@ -82,7 +82,8 @@ def test_offline_upgrade_from_0001_converts_every_timestamp_column():
     alters = script.index("ALTER COLUMN")
     last_alter = script.rindex("ALTER COLUMN")
     for table in (metadata.tables[name] for name in tables_of_0001):
-        holders = [table.primary_key, *table.indexes]
+        # Those 0001 made (a later revision's index, made after 0002, is already DATETIME2).
+        holders = [h for h in (table.primary_key, *table.indexes) if h.name in first]
         for holder in holders:
             if any(_is_timestamp(c) for c in holder.columns):
                 name = holder.name

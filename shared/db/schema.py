@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.dialects import mssql
 
@@ -190,6 +191,20 @@ predictions = Table(
     PrimaryKeyConstraint("run_id", "device", "sensor", "bucket_start", name="pk_predictions"),
     Index(None, "device", "sensor", "bucket_start"),
     Index(None, "run_id", "chunk_id"),
+)
+# Flagged buckets only (a partial, or filtered, index): anomaly events are recomputed from the
+# flags of a chunk's sensors over the last EVENT_GAP_BUCKETS buckets (shared.events), and this
+# finds them without reading the unflagged rows around them. Its predicate is written exactly as
+# the queries write it (`== true()`), so every engine's planner matches the two.
+_FLAGGED = predictions.c.is_anomaly == true()
+Index(
+    "ix_predictions_flagged",
+    predictions.c.device,
+    predictions.c.sensor,
+    predictions.c.bucket_start,
+    sqlite_where=_FLAGGED,
+    postgresql_where=_FLAGGED,
+    mssql_where=_FLAGGED,
 )
 
 # Anomaly events: flagged buckets of one sensor fewer than EVENT_GAP_BUCKETS unflagged buckets

@@ -52,6 +52,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 
@@ -273,7 +274,7 @@ def _flags_from(conn: Connection, chunk, lo: datetime) -> pd.DataFrame:
     rows = conn.execute(
         select(q.c.device, q.c.sensor, q.c.bucket_start, q.c.score, q.c.run_id)
         .join(chunk, and_(q.c.device == chunk.c.device, q.c.sensor == chunk.c.sensor))
-        .where(q.c.bucket_start >= lo, q.c.is_anomaly.is_(True), newest_prediction(q))
+        .where(q.c.bucket_start >= lo, q.c.is_anomaly == true(), newest_prediction(q))
     ).all()
     return _frame(rows)
 
@@ -296,7 +297,7 @@ def _flags_of_events_before(conn: Connection, event_ids: Sequence[str], lo: date
             .where(
                 anomaly_events.c.event_id.in_(batch),
                 q.c.bucket_start < lo,
-                q.c.is_anomaly.is_(True),
+                q.c.is_anomaly == true(),
                 newest_prediction(q),
             )
         ).all()

@@ -5,7 +5,8 @@ Revises: 0002
 Create Date: 2026-11-24 10:00:00
 
 The ``anomaly_events`` table (``shared.events``): one row per incident of one sensor, keyed by a
-stable id derived from device, sensor and onset. Timestamps are ``DATETIME2(6)`` on SQL Server
+stable id derived from device, sensor and onset; and a partial (filtered) index of the flagged
+predictions, which events are recomputed from. Timestamps are ``DATETIME2(6)`` on SQL Server
 from the start, like every other timestamp column. Existing predictions are not turned into
 events here: events appear as chunks are recorded (the first chunk of a sensor after the upgrade
 also picks up its flags of the preceding ``EVENT_GAP_BUCKETS`` buckets).
@@ -51,9 +52,20 @@ def upgrade() -> None:
             unique=True,
         )
         batch_op.create_index(batch_op.f("ix_anomaly_events_start"), ["start"], unique=False)
+    # Flagged predictions only, for the events recompute; the predicate as the queries write it.
+    op.create_index(
+        "ix_predictions_flagged",
+        "predictions",
+        ["device", "sensor", "bucket_start"],
+        unique=False,
+        sqlite_where=sa.text("is_anomaly = 1"),
+        postgresql_where=sa.text("is_anomaly = true"),
+        mssql_where=sa.text("is_anomaly = 1"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_predictions_flagged", table_name="predictions")
     with op.batch_alter_table("anomaly_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_anomaly_events_start"))
         batch_op.drop_index(batch_op.f("ix_anomaly_events_device_sensor_start"))
