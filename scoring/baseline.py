@@ -18,12 +18,15 @@ ideas, which this model carries over to batch scoring:
    :data:`SHORT_BUCKETS` buckets and judged against the distribution of raw deviations the sensor
    showed in training (a Gaussian tail probability ``p``). A sensor that is always noisy thus
    stays quiet, a quiet one stays sensitive, and one threshold means the same for every sensor.
-3. **Novelty.** A bucket whose minimum or maximum leaves the range seen so far (training plus the
-   buckets before it) by more than :data:`NOVELTY_MARGIN` of that range is anomalous whatever its
-   likelihood (HTM's "spatial" rule).
+   A blatant single bucket counts on its own (:data:`SINGLE_BAR`), and the average flags only
+   buckets that deviate themselves (:data:`GATE_SD`), so an excursion is flagged from its first
+   bucket to its last and not after.
+3. **Novelty.** A bucket whose minimum, maximum or spread leaves the range of the training window
+   by more than :data:`NOVELTY_MARGIN` of that range is anomalous whatever its likelihood (HTM's
+   "spatial" rule; a stuck sensor's spread of exactly 0 is such a bucket).
 
-**The score** of a bucket is ``min(1, -log10(p) / 6)``: 0.5 means a tail probability of 1e-3 under
-the sensor's normal behaviour, 1.0 means 1e-6 or less; a novel bucket scores at least
+**The score** of a bucket is ``min(1, -log10(p) / 10)``: 0.5 means a tail probability of 1e-5
+under the sensor's normal behaviour, 1.0 means 1e-10 or less; a novel bucket scores at least
 :data:`NOVELTY_SCORE`. One sensitivity (``SENSITIVITY``, default 0.5) turns scores into flags.
 
 **State.** The model file holds a few numbers per sensor (range, noise floor, hourly profile,
@@ -47,8 +50,16 @@ from scoring.features import CONTEXT_BUCKETS
 RECENT_BUCKETS = CONTEXT_BUCKETS
 """History a bucket is compared with (previous non-empty buckets; chunks carry this many
 buckets of time before the window)."""
-SHORT_BUCKETS = 3
-"""Buckets averaged for the likelihood (the bucket and the two before it)."""
+SHORT_BUCKETS = 5
+"""Buckets averaged for the likelihood (the bucket and the four before it): one odd bucket is
+noise, a deviation that lasts is an anomaly. Sudden extremes need no averaging: the novelty rule
+catches them on their own bucket."""
+SINGLE_BAR = 2.0
+"""A single bucket is judged on its own too, at this many times the deviation (in standard units)
+the average needs: a blatant step is flagged on its first bucket, ordinary noise never."""
+GATE_SD = 1.5
+"""The average flags a bucket only if that bucket itself deviates at least this many standard
+units: once an excursion is over, the buckets after it are not flagged for the average's tail."""
 PROFILE_SLOTS = 24
 """Hour-of-day slots of the seasonal profile."""
 MIN_PROFILE_DAYS = 2.0
@@ -61,9 +72,10 @@ NOISE_FLOOR = 0.01
 not turn rounding into alarms."""
 NOVELTY_MARGIN = 0.05
 NOVELTY_SCORE = 0.75
-SCORE_DECADES = 6.0
-"""``score = -log10(p) / SCORE_DECADES``: 0.5 at p = 1e-3, 1.0 at p <= 1e-6."""
-FEATURES: tuple[str, ...] = ("mean", "min", "max", "day_fraction")
+SCORE_DECADES = 10.0
+"""``score = -log10(p) / SCORE_DECADES``: 0.5 at p = 1e-5, 1.0 at p <= 1e-10 (the convention of
+Numenta's log-likelihood score, so one flag a day is rare even at one-minute buckets)."""
+FEATURES: tuple[str, ...] = ("mean", "min", "max", "std", "day_fraction")
 """Inputs of the model, in column order (``day_fraction`` is derived from ``bucket_start``)."""
 _IQR_TO_SIGMA = 1.349
 _BLOCK = 256
@@ -81,6 +93,8 @@ class BaselineParams:
     seasonal_scale: np.ndarray
     raw_mean: np.ndarray
     raw_std: np.ndarray
+    spread_low: np.ndarray
+    spread_high: np.ndarray
 
     def take(self, index: np.ndarray) -> BaselineParams:
         return BaselineParams(*(getattr(self, f)[index] for f in _PARAM_FIELDS))
@@ -95,6 +109,8 @@ _PARAM_FIELDS = (
     "seasonal_scale",
     "raw_mean",
     "raw_std",
+    "spread_low",
+    "spread_high",
 )
 
 
@@ -102,7 +118,29 @@ def _slots(day_fraction: np.ndarray) -> np.ndarray:
     return np.clip((day_fraction * PROFILE_SLOTS).astype(np.int64), 0, PROFILE_SLOTS - 1)
 
 
-def deviations(level: np.ndarray, day_fraction: np.ndarray, params: BaselineParams) -> np.ndarray:
+def _recent_deviation(values: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """``|x - median| / scale`` of each bucket against the :data:`RECENT_BUCKETS` before it.
+
+    ``scale`` is the interquartile range of those buckets as a standard deviation, at least
+    ``floor``. Before a sensor's first row its first value stands in, so the first buckets
+    compare with themselves (deviation 0) rather than with nothing.
+    """
+    s, b = values.shape
+    w = RECENT_BUCKETS
+    padded = np.concatenate([np.repeat(values[:, :1], w, axis=1), values], axis=1)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, w, axis=1)[:, :b]
+    k_low, k_mid, k_high = w // 4, w // 2, (3 * w) // 4
+    part = np.partition(windows, (k_low, k_mid, k_high), axis=2)
+    spread = (part[:, :, k_high] - part[:, :, k_low]) / _IQR_TO_SIGMA
+    return np.abs(values - part[:, :, k_mid]) / np.maximum(spread, floor[:, None])
+
+
+def deviations(
+    level: np.ndarray,
+    day_fraction: np.ndarray,
+    params: BaselineParams,
+    others: tuple[np.ndarray, ...] = (),
+) -> np.ndarray:
     """Robust deviation ``z`` of each bucket from its recent past / seasonal self.
 
     Parameters
@@ -113,24 +151,38 @@ def deviations(level: np.ndarray, day_fraction: np.ndarray, params: BaselinePara
         Time of day of each bucket start in [0, 1).
     params : BaselineParams
         State of the ``s`` sensors.
+    others : tuple of ndarray of shape (s, b)
+        Further aggregates (minimum, maximum, spread) compared with their own recent past:
+        a spike inside a bucket moves its maximum more than its mean, a stuck sensor or a
+        noise burst moves its spread and not its mean. The largest deviation counts.
     """
-    s, b = level.shape
-    w = RECENT_BUCKETS
-    # History of bucket t = the w buckets before it; before a sensor's first row, its first
-    # value stands in (so the first buckets compare with themselves: deviation 0).
-    padded = np.concatenate([np.repeat(level[:, :1], w, axis=1), level], axis=1)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, w, axis=1)[:, :b]
-    k_low, k_mid, k_high = w // 4, w // 2, (3 * w) // 4
-    part = np.partition(windows, (k_low, k_mid, k_high), axis=2)
-    median = part[:, :, k_mid]
-    spread = (part[:, :, k_high] - part[:, :, k_low]) / _IQR_TO_SIGMA
-    scale = np.maximum(spread, params.floor[:, None])
-    z = np.abs(level - median) / scale
+    z = _recent_deviation(level, params.floor)
     if params.seasonal.any():
         expected = np.take_along_axis(params.profile, _slots(day_fraction), axis=1)
         z_seasonal = np.abs(level - expected) / params.seasonal_scale[:, None]
         z = np.where(params.seasonal[:, None], np.fmin(z, z_seasonal), z)
+    for values in others:
+        if np.array_equal(values, level):
+            continue  # one reading per bucket: min = max = mean, nothing new to compare
+        z = np.fmax(z, _recent_deviation(values, params.floor))
     return z
+
+
+def _novel(low: np.ndarray, high: np.ndarray, spread: np.ndarray, p: BaselineParams) -> np.ndarray:
+    """Buckets whose extremes or spread leave the training range by more than the margin.
+
+    The range is the training window's, not extended by the buckets scored since: an excursion
+    stays novel while it lasts (it is one anomaly event, one alert), and a lasting change becomes
+    normal when the next training takes it in, not by being seen once.
+    """
+    margin = (NOVELTY_MARGIN * (p.high - p.low))[:, None]
+    spread_margin = (NOVELTY_MARGIN * (p.spread_high - p.spread_low))[:, None]
+    return (
+        (high > p.high[:, None] + margin)
+        | (low < p.low[:, None] - margin)
+        | (spread > p.spread_high[:, None] + spread_margin)
+        | (spread < p.spread_low[:, None] - spread_margin)
+    )
 
 
 def _short_mean(raw: np.ndarray) -> np.ndarray:
@@ -147,7 +199,7 @@ def score(X: np.ndarray, params: BaselineParams) -> np.ndarray:
 
     Parameters
     ----------
-    X : ndarray of shape (s, b, 4)
+    X : ndarray of shape (s, b, 5)
         :data:`FEATURES` of each bucket, in time order; the first rows may be context.
     params : BaselineParams
         State of the ``s`` sensors.
@@ -158,18 +210,15 @@ def score(X: np.ndarray, params: BaselineParams) -> np.ndarray:
     for start in range(0, len(X), _BLOCK):
         part = slice(start, start + _BLOCK)
         p = params.take(np.arange(len(X))[part])
-        level, low, high, day = (X[part, :, i] for i in range(4))
-        raw = np.log1p(deviations(level, day, p))
+        level, low, high, spread, day = (X[part, :, i] for i in range(5))
+        raw = np.log1p(deviations(level, day, p, (low, high, spread)))
         standard = (_short_mean(raw) - p.raw_mean[:, None]) / p.raw_std[:, None]
+        single = (raw - p.raw_mean[:, None]) / p.raw_std[:, None]
+        standard = np.where(single >= GATE_SD, standard, np.minimum(standard, single))
+        standard = np.maximum(standard, single / SINGLE_BAR)
         log10_p = log_ndtr(-standard) / np.log(10.0)
         graded = np.clip(-log10_p / SCORE_DECADES, 0.0, 1.0)
-        # Novelty: the bucket leaves the range seen so far (training, then earlier buckets).
-        margin = (NOVELTY_MARGIN * (p.high - p.low))[:, None]
-        seen_high = np.maximum(np.maximum.accumulate(high, axis=1), p.high[:, None])
-        seen_low = np.minimum(np.minimum.accumulate(low, axis=1), p.low[:, None])
-        seen_high = np.concatenate([p.high[:, None], seen_high[:, :-1]], axis=1)
-        seen_low = np.concatenate([p.low[:, None], seen_low[:, :-1]], axis=1)
-        novel = (high > seen_high + margin) | (low < seen_low - margin)
+        novel = _novel(low, high, spread, p)
         out[part] = np.where(novel, np.maximum(graded, NOVELTY_SCORE), graded)
     return out
 
@@ -194,7 +243,7 @@ class RobustBaseline:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(FEATURES):
             raise ValueError(f"RobustBaseline needs columns {FEATURES}, got shape {X.shape}")
-        level, low, high, day = X.T
+        level, low, high, spread, day = X.T
         lo, hi = float(np.min(low)), float(np.max(high))
         floor = max(NOISE_FLOOR * (hi - lo), 1e-9 * max(1.0, abs(hi), abs(lo)))
         profile = np.full(PROFILE_SLOTS, float(np.median(level)))
@@ -223,8 +272,11 @@ class RobustBaseline:
             seasonal_scale=np.array([seasonal_scale]),
             raw_mean=np.zeros(1),
             raw_std=np.ones(1),
+            spread_low=np.array([float(np.min(spread))]),
+            spread_high=np.array([float(np.max(spread))]),
         )
-        raw = np.log1p(deviations(level[None, :], day[None, :], params))[0]
+        others = (low[None, :], high[None, :], spread[None, :])
+        raw = np.log1p(deviations(level[None, :], day[None, :], params, others))[0]
         raw = raw[min(RECENT_BUCKETS, len(raw) // 2) :]  # past the warm-up of the recent median
         params.raw_mean[0] = float(np.mean(raw))
         params.raw_std[0] = float(np.std(raw)) + 1e-6
@@ -232,7 +284,7 @@ class RobustBaseline:
         return self
 
     def score(self, X: np.ndarray) -> np.ndarray:
-        """Scores of one sensor's buckets ``X`` (n, 4) in time order."""
+        """Scores of one sensor's buckets ``X`` (n, 5) in time order."""
         return score(np.asarray(X, dtype=np.float64)[None], self.params_)[0]
 
     def summary(self) -> dict:

@@ -513,20 +513,7 @@ def cmd_azureml(args, settings: Settings) -> int:
     return 0
 
 
-# Settings a replay takes from the environment (the detector's and the product's policy); the
-# rest (storage, SQL, buckets, workers) belong to the replay's own private services.
-_REPLAY_SETTINGS = (
-    "SENSITIVITY",
-    "TRAIN_WINDOW_HOURS",
-    "TRAINING_SCHEDULE",
-    "MIN_TRAINING_BUCKETS",
-    "EVENT_GAP_BUCKETS",
-    "TARGET_FALSE_ALARM_RATE",
-)
-
-
 def cmd_evaluate(args, settings: Settings) -> int:
-    import os
     import shutil
     import tempfile
 
@@ -538,9 +525,19 @@ def cmd_evaluate(args, settings: Settings) -> int:
     work = Path(tempfile.mkdtemp(prefix="nab-replay-"))
     azurite = start_azurite(work / "azurite")
     try:
-        env = {name: os.environ[name] for name in _REPLAY_SETTINGS if name in os.environ}
+        # The detector's and the product's policy come from the settings in force; storage,
+        # SQL, buckets and workers belong to the replay's own private services.
+        policy = {
+            "SENSITIVITY": settings.sensitivity,
+            "TRAIN_WINDOW_HOURS": settings.train_window_hours,
+            "TRAINING_SCHEDULE": settings.training_schedule,
+            "MIN_TRAINING_BUCKETS": settings.min_training_buckets,
+            "EVENT_GAP_BUCKETS": settings.event_gap_buckets,
+            "EVENT_REST_BUCKETS": settings.event_rest_buckets,
+            "TARGET_FALSE_ALARM_RATE": settings.target_false_alarm_rate,
+        }
         replay_settings = Settings.from_env(
-            env
+            {name: str(value) for name, value in policy.items()}
             | {
                 "DATA_DIR": str(work),
                 "SQL_URL": f"sqlite:///{work / 'replay.db'}",

@@ -5,8 +5,10 @@ The names are the Function App's app settings and the keys of ``local.settings.e
 the app runs on this machine with no configuration at all: SQLite under ``DATA_DIR`` and the
 Azurite development storage account.
 
-A missing or malformed value raises :class:`SettingsError` naming the setting, at start-up rather
-than in the middle of a run.
+A missing or malformed value raises :class:`SettingsError` naming the setting and the rule it
+breaks. ``function_app`` reads the settings when the Functions host imports it, so the error
+fails the worker's indexing and the app starts with no function, its message in the host's log,
+rather than in the middle of a run. Reading them imports nothing heavy (croniter only).
 
 Connections follow the Functions host's conventions so that a binding and the SDK client made
 here read the *same* settings:
@@ -44,8 +46,24 @@ DEFAULT_SQL_RETRY_SECONDS = 90.0
 # An anomaly event ends after this many buckets without a flag (5 hours of 1-minute buckets):
 # one incident, however ragged its flags, is one alarm (see shared.events).
 DEFAULT_EVENT_GAP_BUCKETS = 300
+# An anomaly event spans at most this many buckets from its onset (its alert): the sensor's rest
+# period after an alert, as the best streaming detectors keep one (shared.events).
+DEFAULT_EVENT_REST_BUCKETS = 300
 # Retraining: daily at 00:30 UTC, after the midnight scoring window (shared.training).
 DEFAULT_TRAINING_SCHEDULE = "0 30 0 * * *"
+
+
+# Upper bounds of durations: past them a setting is a typo, and times computed from it would
+# overflow Python's datetime (MAX_WINDOW_HOURS=1e308 made every POST /api/runs a 500).
+DAY_SECONDS = 86_400
+WEEK_MINUTES = 7 * 24 * 60
+YEAR_HOURS = 366 * 24
+# Azure's rule for container and queue names.
+CONTAINER_RULE = (
+    "3-{max} characters: lowercase letters a-z, digits and single hyphens, starting and ending "
+    "with a letter or digit"
+)
+_CONTAINER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
 class SettingsError(ValueError):
@@ -148,7 +166,7 @@ class Settings:
     min_training_buckets: int
     target_false_alarm_rate: float
     # Score at or above which a bucket is flagged (scores are graded in [0, 1]; 0.5 is a tail
-    # probability of 1e-3 under the sensor's normal behaviour for the default detector).
+    # probability of 1e-5 under the sensor's normal behaviour for the default detector).
     sensitivity: float
     log_level: str
     appinsights_connection_string: str | None
@@ -158,6 +176,8 @@ class Settings:
     sql_retry_seconds: float = DEFAULT_SQL_RETRY_SECONDS
     # Unflagged buckets that end an anomaly event (shared.events): flags closer than this merge.
     event_gap_buckets: int = DEFAULT_EVENT_GAP_BUCKETS
+    # Buckets from an event's onset after which a flag opens a new event (a new alert).
+    event_rest_buckets: int = DEFAULT_EVENT_REST_BUCKETS
     azureml: AzureMLSettings = field(default_factory=AzureMLSettings)
     # When models are retrained over the trailing TRAIN_WINDOW_HOURS (shared.training).
     training_schedule: str = DEFAULT_TRAINING_SCHEDULE
@@ -193,11 +213,11 @@ class Settings:
             workspace=r.text("AZUREML_WORKSPACE", ""),
             compute=r.text("AZUREML_COMPUTE", AzureMLSettings.compute),
             vm_size=r.text("AZUREML_VM_SIZE", AzureMLSettings.vm_size),
-            min_nodes=r.integer("AZUREML_MIN_NODES", 0, minimum=0),
-            max_nodes=r.integer("AZUREML_MAX_NODES", 4, minimum=1),
-            idle_seconds=r.integer("AZUREML_IDLE_SECONDS", 300, minimum=0),
+            min_nodes=r.integer("AZUREML_MIN_NODES", 0, minimum=0, maximum=1000),
+            max_nodes=r.integer("AZUREML_MAX_NODES", 4, minimum=1, maximum=1000),
+            idle_seconds=r.integer("AZUREML_IDLE_SECONDS", 300, minimum=0, maximum=DAY_SECONDS),
             tier=r.choice("AZUREML_TIER", "dedicated", ("dedicated", "low_priority")),
-            max_steps=r.integer("AZUREML_MAX_STEPS", 4, minimum=1),
+            max_steps=r.integer("AZUREML_MAX_STEPS", 4, minimum=1, maximum=1000),
             experiment=r.text("AZUREML_EXPERIMENT", AzureMLSettings.experiment),
             environment=r.text("AZUREML_ENVIRONMENT", AzureMLSettings.environment),
             environment_version=r.text("AZUREML_ENVIRONMENT_VERSION", "1"),
@@ -229,17 +249,25 @@ class Settings:
             # poison queue, so leave room for it.
             runs_queue=r.container("RUNS_QUEUE", "run-requests", max_length=56),
             scoring_schedule=schedule,
-            catchup_max_windows=r.integer("CATCHUP_MAX_WINDOWS", 3, minimum=1),
-            max_window_hours=r.number("MAX_WINDOW_HOURS", 24.0, minimum=0.001),
-            bucket_seconds=r.integer("BUCKET_SECONDS", 60, minimum=1),
-            sensors_per_chunk=r.integer("SENSORS_PER_CHUNK", 1000, minimum=1),
+            catchup_max_windows=r.integer("CATCHUP_MAX_WINDOWS", 3, minimum=1, maximum=1000),
+            max_window_hours=r.number("MAX_WINDOW_HOURS", 24.0, minimum=0.001, maximum=YEAR_HOURS),
+            bucket_seconds=r.integer("BUCKET_SECONDS", 60, minimum=1, maximum=DAY_SECONDS),
+            sensors_per_chunk=r.integer("SENSORS_PER_CHUNK", 1000, minimum=1, maximum=1_000_000),
             executor=executor,
-            local_workers=r.integer("LOCAL_WORKERS", os.cpu_count() or 1, minimum=1),
-            run_timeout_minutes=r.number("RUN_TIMEOUT_MINUTES", 120.0, minimum=1.0),
-            reconcile_interval_seconds=r.number("RECONCILE_INTERVAL_SECONDS", 60.0, minimum=0.0),
-            train_window_hours=r.number("TRAIN_WINDOW_HOURS", 336.0, minimum=0.01),
+            local_workers=r.integer("LOCAL_WORKERS", os.cpu_count() or 1, minimum=1, maximum=1024),
+            run_timeout_minutes=r.number(
+                "RUN_TIMEOUT_MINUTES", 120.0, minimum=1.0, maximum=WEEK_MINUTES
+            ),
+            reconcile_interval_seconds=r.number(
+                "RECONCILE_INTERVAL_SECONDS", 60.0, minimum=0.0, maximum=DAY_SECONDS
+            ),
+            train_window_hours=r.number(
+                "TRAIN_WINDOW_HOURS", 336.0, minimum=0.01, maximum=YEAR_HOURS
+            ),
             training_schedule=training_schedule,
-            min_training_buckets=r.integer("MIN_TRAINING_BUCKETS", 30, minimum=2),
+            min_training_buckets=r.integer(
+                "MIN_TRAINING_BUCKETS", 30, minimum=2, maximum=10_000_000
+            ),
             target_false_alarm_rate=r.number(
                 "TARGET_FALSE_ALARM_RATE", 0.001, minimum=0.0, maximum=0.5
             ),
@@ -250,7 +278,10 @@ class Settings:
             appinsights_connection_string=r.optional("APPLICATIONINSIGHTS_CONNECTION_STRING"),
             azure_client_id=r.optional("AZURE_CLIENT_ID"),
             event_gap_buckets=r.integer(
-                "EVENT_GAP_BUCKETS", DEFAULT_EVENT_GAP_BUCKETS, minimum=1
+                "EVENT_GAP_BUCKETS", DEFAULT_EVENT_GAP_BUCKETS, minimum=1, maximum=1_000_000
+            ),
+            event_rest_buckets=r.integer(
+                "EVENT_REST_BUCKETS", DEFAULT_EVENT_REST_BUCKETS, minimum=1, maximum=1_000_000
             ),
             sql_retry_seconds=r.number(
                 "SQL_RETRY_SECONDS", DEFAULT_SQL_RETRY_SECONDS, minimum=0.0, maximum=600.0
@@ -308,16 +339,19 @@ class _Reader:
             raise SettingsError(f"{name}={value!r} must be one of {', '.join(allowed)}")
         return value
 
-    def integer(self, name: str, default: int, minimum: int | None = None) -> int:
+    def integer(
+        self, name: str, default: int, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
         raw = self.optional(name)
         if raw is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        if not (raw.isascii() and raw.lstrip("+-").isdigit()) or len(raw) > 30:
+            raise SettingsError(f"{name}={raw[:40]!r} is not an integer (at most 30 ASCII digits)")
+        value = int(raw)
         if minimum is not None and value < minimum:
             raise SettingsError(f"{name}={value} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise SettingsError(f"{name}={value} must be at most {maximum}")
         return value
 
     def number(
@@ -329,7 +363,7 @@ class _Reader:
         try:
             value = float(raw)
         except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a number") from None
+            raise SettingsError(f"{name}={raw[:40]!r} is not a number") from None
         if not math.isfinite(value):
             raise SettingsError(f"{name}={raw!r} is not a finite number")
         if minimum is not None and value < minimum:
@@ -342,15 +376,20 @@ class _Reader:
         value = self.text(name, default)
         # Azure's container (and queue) naming rules: 3-63 chars, lowercase letters, digits,
         # single hyphens.
+        # ASCII only: str.islower() holds for "è", which Azure refuses (MODELS_CONTAINER=modèls
+        # passed here and then failed every call).
         ok = (
             3 <= len(value) <= max_length
-            and value[0].isalnum()
-            and value[-1].isalnum()
+            and set(value) <= _CONTAINER_CHARS
+            and value[0] != "-"
+            and value[-1] != "-"
             and "--" not in value
-            and all(c.islower() or c.isdigit() or c == "-" for c in value)
         )
         if not ok:
-            raise SettingsError(f"{name}={value!r} is not a valid blob container name")
+            raise SettingsError(
+                f"{name}={value!r} is not a valid container or queue name: "
+                + CONTAINER_RULE.format(max=max_length)
+            )
         return value
 
     def connection(self, name: str, default: str | None, endpoint_key: str) -> Connection:

@@ -176,6 +176,34 @@ def test_segment_merges_within_the_gap_and_splits_beyond_it():
     assert last.status == CLOSED
 
 
+def test_segment_rests_after_an_onset_then_alerts_again():
+    """EVENT_REST_BUCKETS: an event spans at most R buckets from its onset (its alert); a flag
+    at onset + R or later opens a new event however close it is to the previous flag, and an
+    event is open only while its rest span lasts."""
+    t = [minute(HOUR, m) for m in range(8)] + [minute(HOUR, 12)]  # 0..7 consecutive, then 12
+    flags = pd.DataFrame(
+        {
+            "device": "d",
+            "sensor": "s",
+            "bucket_start": t,
+            "score": [0.6] * len(t),
+            "run_id": ["r1"] * len(t),
+        }
+    )
+    # Gap 300 (everything would merge), rest 5: onsets at 0, 5 (0 + 5) and 12 (>= 5 + 5).
+    events = segment(flags, 300, 60, {("d", "s"): t[-1]}, rest_buckets=5)
+    assert [(e.start, e.n_buckets) for e in events] == [(t[0], 5), (t[5], 3), (t[8], 1)]
+    # Without a rest span they are one event (the gap rule alone).
+    (one,) = segment(flags, 300, 60, {("d", "s"): t[-1]})
+    assert one.n_buckets == 9
+    # The last event (onset 12) is open while a flag in the next bucket falls in its rest span.
+    last = flags.iloc[8:]
+    (open_,) = segment(last, 300, 60, {("d", "s"): minute(HOUR, 15)}, rest_buckets=5)
+    assert open_.status == OPEN
+    (closed,) = segment(last, 300, 60, {("d", "s"): minute(HOUR, 16)}, rest_buckets=5)
+    assert closed.status == CLOSED
+
+
 def test_segment_keeps_sensors_apart():
     t = minute(HOUR, 10)
     flags = pd.DataFrame(

@@ -191,15 +191,23 @@ def test_stalled_run_is_failed_by_the_reconciler(ctx):
 
 
 def test_chunk_files_follow_the_contract(ctx):
-    from scoring.features import CHUNK_COLUMNS
+    """A chunk holds each sensor's window buckets after its CONTEXT_BUCKETS of history (marked
+    ``context``, never scored into predictions), and the sensitivity in its metadata."""
+    from scoring.features import CHUNK_COLUMNS, CONTEXT_BUCKETS, CONTEXT_COLUMN
 
     sc = scenario.build(ctx, devices=1, sensors=3)
     run, _ = start_run(ctx, sc.window, "cli")
     (name,) = ctx.store.list(ctx.settings.chunks_container, f"runs/{run.run_id}/")
     table = pq.read_table(io.BytesIO(ctx.store.download(ctx.settings.chunks_container, name)))
-    assert tuple(table.column_names) == CHUNK_COLUMNS
+    assert tuple(table.column_names) == (*CHUNK_COLUMNS, CONTEXT_COLUMN)
     assert table.schema.field("bucket_start").type == pa.timestamp("us", tz="UTC")
-    assert table.num_rows == 3 * 60
+    assert table.schema.metadata[b"scoring.sensitivity"] == b"0.5"
+    assert table.num_rows == 3 * (CONTEXT_BUCKETS + 60)
+    context = table.column(CONTEXT_COLUMN).to_numpy(zero_copy_only=False)
+    starts = table.column("bucket_start").to_pylist()
+    window_start = sc.window.start.replace(tzinfo=starts[0].tzinfo)
+    assert context.sum() == 3 * CONTEXT_BUCKETS
+    assert all((start < window_start) == flag for start, flag in zip(starts, context, strict=True))
     counts = table.column("count").to_pylist()
     assert set(counts) == {12}  # 5-second readings in 1-minute buckets
 

@@ -109,6 +109,7 @@ var appSettings = {
   SENSITIVITY: '0.5'
   // An anomaly event (one alarm) ends after this many buckets of its sensor without a flag.
   EVENT_GAP_BUCKETS: '300'
+  EVENT_REST_BUCKETS: '300'
   LOG_LEVEL: 'INFO'
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'

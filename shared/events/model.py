@@ -86,6 +86,7 @@ def segment(
     gap_buckets: int,
     bucket_seconds: int,
     latest_scored: dict[tuple[str, str], datetime],
+    rest_buckets: int | None = None,
 ) -> list[AnomalyEvent]:
     """Group flagged buckets into events, vectorised over many sensors.
 
@@ -97,6 +98,11 @@ def segment(
     gap_buckets:
         ``EVENT_GAP_BUCKETS``: two flags of a sensor ``d`` buckets apart belong to one event
         when ``d <= gap_buckets``, i.e. fewer than ``gap_buckets`` unflagged buckets lie between.
+    rest_buckets:
+        ``EVENT_REST_BUCKETS``: an event spans at most this many buckets from its onset; a flag
+        at or after ``onset + rest_buckets`` opens a new event (a new alert), however close it
+        is to the previous flag. ``None``: no limit. The onset is the alert, so this is the
+        rest period after an alert during which the same sensor raises none.
     bucket_seconds:
         ``BUCKET_SECONDS``, the bucket length.
     latest_scored:
@@ -119,6 +125,15 @@ def segment(
     gap = bucket * int(gap_buckets)
     new = np.ones(len(frame), dtype=bool)
     new[1:] = (devices[1:] != devices[:-1]) | (sensors[1:] != sensors[:-1]) | (np.diff(times) > gap)
+    if rest_buckets is not None:
+        # The rest span counts from each event's onset, which depends on the previous split:
+        # a walk over the flags (only flagged buckets come here, so they are few).
+        rest = bucket * int(rest_buckets)
+        onset = times[0]
+        for i in range(1, len(new)):
+            if new[i] or times[i] - onset >= rest:
+                new[i] = True
+                onset = times[i]
     starts = np.flatnonzero(new)
     stops = np.append(starts[1:], len(frame))
     scores = frame["score"].to_numpy(dtype=float)
@@ -131,6 +146,7 @@ def segment(
         np.where(scores >= peaks[segment_of], positions, len(frame)), starts
     )
     gap_td = timedelta(seconds=int(bucket_seconds) * int(gap_buckets))
+    rest_td = timedelta(seconds=int(bucket_seconds) * int(rest_buckets)) if rest_buckets else None
     bucket_td = timedelta(seconds=int(bucket_seconds))
     events = []
     for i, (lo, hi) in enumerate(zip(starts, stops, strict=True)):
@@ -150,12 +166,26 @@ def segment(
                 onset_score=float(scores[lo]),
                 peak_score=float(peaks[i]),
                 peak_bucket=_py(times[peak_pos[i]]),
-                status=OPEN if latest - last < gap_td else CLOSED,
+                status=OPEN if is_open(start, last, latest, gap_td, rest_td, bucket_td) else CLOSED,
                 first_run_id=str(runs[lo]),
                 last_run_id=str(runs[hi - 1]),
             )
         )
     return events
+
+
+def is_open(
+    start: datetime,
+    last: datetime,
+    latest: datetime,
+    gap: timedelta,
+    rest: timedelta | None,
+    bucket: timedelta,
+) -> bool:
+    """Whether a flag in the bucket after ``latest`` (the sensor's latest scored bucket) would
+    still join the event that began at ``start`` and was last flagged at ``last``."""
+    following = latest + bucket
+    return following - last <= gap and (rest is None or following - start < rest)
 
 
 def _py(value: np.datetime64) -> datetime:

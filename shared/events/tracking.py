@@ -58,7 +58,7 @@ from sqlalchemy import (
 
 from shared.clock import utcnow
 from shared.db.schema import anomaly_events, predictions, runs
-from shared.events.model import OPEN, AnomalyEvent, segment
+from shared.events.model import OPEN, AnomalyEvent, is_open, segment
 
 # SQL Server takes at most 2100 parameters per statement.
 IN_BATCH = 1000
@@ -148,6 +148,7 @@ def update_events_for_chunk(
     gap_buckets: int,
     bucket_seconds: int,
     now: datetime | None = None,
+    rest_buckets: int | None = None,
 ) -> EventChanges:
     """Recompute the events of the sensors in ``run_id``/``chunk_id`` from their predictions.
 
@@ -213,7 +214,7 @@ def update_events_for_chunk(
     latest_scored = {key: last for key, (_, last) in latest.items()}
     computed = {
         e.event_id: e
-        for e in segment(flags, gap_buckets, bucket_seconds, latest_scored)
+        for e in segment(flags, gap_buckets, bucket_seconds, latest_scored, rest_buckets)
         # A sensor of this chunk only: flags come from its sensors, this is a guard.
         if (e.device, e.sensor) in latest
     }
@@ -223,11 +224,21 @@ def update_events_for_chunk(
     changed = [
         e for i, e in computed.items() if i in affected and _fields(e) != _fields(affected[i])
     ]
+    rest = timedelta(seconds=int(bucket_seconds) * int(rest_buckets)) if rest_buckets else None
+    bucket = timedelta(seconds=int(bucket_seconds))
     closing = [
         (e.event_id, "closed")
         for e in stale_open
-        # Its last flag is more than G buckets before the sensor's latest scored bucket.
-        if latest_scored.get((e.device, e.sensor), e.last_bucket_start) - e.last_bucket_start >= gap
+        # Its last flag is more than G buckets (or its onset R buckets) before the sensor's
+        # latest scored bucket.
+        if not is_open(
+            e.start,
+            e.last_bucket_start,
+            latest_scored.get((e.device, e.sensor), e.last_bucket_start),
+            gap,
+            rest,
+            bucket,
+        )
     ]
     for batch in _batches(gone):
         conn.execute(delete(anomaly_events).where(anomaly_events.c.event_id.in_(batch)))

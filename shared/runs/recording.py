@@ -151,7 +151,12 @@ def record_predictions_blob(
         run = records.refresh_counts(conn, run_id)
         # In the same transaction: the chunk's sensors' events always match its predictions.
         events = update_events_for_chunk(
-            conn, run_id, chunk_id, settings.event_gap_buckets, settings.bucket_seconds
+            conn,
+            run_id,
+            chunk_id,
+            settings.event_gap_buckets,
+            settings.bucket_seconds,
+            rest_buckets=settings.event_rest_buckets,
         )
     log.info(
         "recorded predictions",
