@@ -17,8 +17,14 @@ import azure.functions as func
 # (bench/bench_coldstart.py; tests/test_worker_index.py imports those lazy imports too).
 from shared.context import get_context
 from shared.logs import configure_logging
+from shared.settings import Settings
 
-configure_logging()
+# Read and validate every setting now: a malformed one raises SettingsError naming the setting
+# and its rule, which fails the worker's indexing, so the host starts no function and logs why
+# (tests/test_worker_index.py), instead of every invocation failing later. Cheap: no SQLAlchemy
+# or storage SDK is imported for it (tests/test_coldstart.py).
+SETTINGS = Settings.from_env()
+configure_logging(SETTINGS.log_level)
 log = logging.getLogger("function_app")
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)

@@ -61,8 +61,43 @@ def test_azure_sql_passwordless():
         ({"SQL_SERVER": "srv"}, "SQL_DATABASE"),
         ({"ScoringStorage__credential": "secret"}, "ScoringStorage__credential"),
         ({"AZUREML_MIN_NODES": "3", "AZUREML_MAX_NODES": "2"}, "AZUREML_MIN_NODES"),
+        # Bounds and rules (issue 11): each of these passed and failed later, at every call.
+        ({"MAX_WINDOW_HOURS": "1e308"}, r"MAX_WINDOW_HOURS=1e\+308 must be at most 8784"),
+        ({"RUN_TIMEOUT_MINUTES": "1e300"}, r"RUN_TIMEOUT_MINUTES=1e\+300 must be at most"),
+        ({"BUCKET_SECONDS": "100000000000000000000"}, "BUCKET_SECONDS=.* must be at most"),
+        ({"BUCKET_SECONDS": "1" + "0" * 5000}, "BUCKET_SECONDS=.* is not an integer"),
+        ({"LOCAL_WORKERS": "\u0663"}, "LOCAL_WORKERS=.* is not an integer"),
+        ({"MODELS_CONTAINER": "mod\u00e8ls"}, "MODELS_CONTAINER=.*lowercase letters a-z"),
+        ({"RUNS_QUEUE": "run--requests"}, "RUNS_QUEUE=.*single hyphens"),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL='VERBOSE' must be one of"),
     ],
 )
 def test_malformed_setting_is_named(env, named):
     with pytest.raises(SettingsError, match=named):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("BUCKET_SECONDS", "abc"), ("LOG_LEVEL", "verbose"), ("MODELS_CONTAINER", "mod\u00e8ls")],
+)
+def test_importing_function_app_fails_naming_a_malformed_setting(name, value):
+    """What the Functions host does first: import function_app. A bad setting must fail right
+    there (the worker's indexing fails and no function starts), naming the setting."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import function_app"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, name: value},
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("shared.settings.SettingsError: " + name), result.stderr[-2000:]

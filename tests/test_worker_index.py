@@ -33,11 +33,12 @@ INSTALL_HINT = (
 )
 
 
-def run_check(app_dir) -> tuple[int, dict, str]:
+def run_check(app_dir, app_settings: dict[str, str] | None = None) -> tuple[int, dict, str]:
     if not WORKER_PYTHON.exists():
         pytest.skip(f"no worker virtualenv (.venv-worker/): {INSTALL_HINT}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(app_settings or {})
     proc = subprocess.run(
         [str(WORKER_PYTHON), str(CHECK), str(app_dir)],
         cwd=app_dir,
@@ -121,3 +122,21 @@ def test_the_check_catches_a_lazy_import_missing_from_requirements(tmp_path):
     assert code == 1
     assert report["imports"]["psycopg"] != "ok"
     assert all(v == "ok" for v in report["functions"].values())
+
+
+@pytest.mark.parametrize(
+    "name, value, rule",
+    [
+        ("BUCKET_SECONDS", "abc", "is not an integer"),
+        ("MAX_WINDOW_HOURS", "1e308", "must be at most"),
+        ("LOG_LEVEL", "verbose", "must be one of"),
+    ],
+)
+def test_a_malformed_setting_fails_the_index_naming_it(name, value, rule):
+    """The README's promise: a malformed app setting stops the app at start. The worker imports
+    function_app to index it; the settings are validated there, so the index fails (the host
+    starts no function) and its error names the setting and the rule."""
+    code, report, stderr = run_check(ROOT, {name: value})
+    assert code == 1
+    error = report.get("index_error", "")
+    assert "SettingsError" in error and name in error and rule in error, error or stderr
