@@ -21,9 +21,10 @@ ideas, which this model carries over to batch scoring:
    A blatant single bucket counts on its own (:data:`SINGLE_BAR`), and the average flags only
    buckets that deviate themselves (:data:`GATE_SD`), so an excursion is flagged from its first
    bucket to its last and not after.
-3. **Novelty.** A bucket whose minimum, maximum or spread leaves the range of the training window
-   by more than :data:`NOVELTY_MARGIN` of that range is anomalous whatever its likelihood (HTM's
-   "spatial" rule; a stuck sensor's spread of exactly 0 is such a bucket).
+3. **Novelty.** A bucket whose minimum, maximum or spread leaves the range seen before (the training
+   window, and buckets at least :data:`ACCEPT_BUCKETS` earlier) by more than
+   :data:`NOVELTY_MARGIN` of that range is anomalous whatever its likelihood (HTM's "spatial"
+   rule; a stuck sensor's spread of exactly 0 is such a bucket).
 
 **The score** of a bucket is ``min(1, -log10(p) / 10)``: 0.5 means a tail probability of 1e-5
 under the sensor's normal behaviour, 1.0 means 1e-10 or less; a novel bucket scores at least
@@ -46,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scoring.features import CONTEXT_BUCKETS
+from scoring.rolling import sliding_order_statistics
 
 RECENT_BUCKETS = CONTEXT_BUCKETS
 """History a bucket is compared with (previous non-empty buckets; chunks carry this many
@@ -71,6 +73,9 @@ NOISE_FLOOR = 0.01
 """Smallest deviation scale, as a share of the training range: a flat stretch of history must
 not turn rounding into alarms."""
 NOVELTY_MARGIN = 0.05
+ACCEPT_BUCKETS = RECENT_BUCKETS // 2
+"""A bucket outside the training range stops being novel once values like it have held this long
+(the recent median, over :data:`RECENT_BUCKETS`, has moved to them by then)."""
 NOVELTY_SCORE = 0.75
 SCORE_DECADES = 10.0
 """``score = -log10(p) / SCORE_DECADES``: 0.5 at p = 1e-5, 1.0 at p <= 1e-10 (the convention of
@@ -128,11 +133,10 @@ def _recent_deviation(values: np.ndarray, floor: np.ndarray) -> np.ndarray:
     s, b = values.shape
     w = RECENT_BUCKETS
     padded = np.concatenate([np.repeat(values[:, :1], w, axis=1), values], axis=1)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, w, axis=1)[:, :b]
-    k_low, k_mid, k_high = w // 4, w // 2, (3 * w) // 4
-    part = np.partition(windows, (k_low, k_mid, k_high), axis=2)
-    spread = (part[:, :, k_high] - part[:, :, k_low]) / _IQR_TO_SIGMA
-    return np.abs(values - part[:, :, k_mid]) / np.maximum(spread, floor[:, None])
+    # The elements np.partition over sliding_window_view(padded, w)[:, :b] selects, ~8x faster.
+    q_low, median, q_high = sliding_order_statistics(padded, w, (w // 4, w // 2, (3 * w) // 4), b)
+    spread = (q_high - q_low) / _IQR_TO_SIGMA
+    return np.abs(values - median) / np.maximum(spread, floor[:, None])
 
 
 def deviations(
@@ -168,20 +172,31 @@ def deviations(
     return z
 
 
-def _novel(low: np.ndarray, high: np.ndarray, spread: np.ndarray, p: BaselineParams) -> np.ndarray:
-    """Buckets whose extremes or spread leave the training range by more than the margin.
+def _seen_before(values: np.ndarray, trained: np.ndarray, reduce) -> np.ndarray:
+    """Per bucket, the extreme (``np.maximum``/``np.minimum``) of the training value and every
+    bucket at least :data:`ACCEPT_BUCKETS` before it."""
+    s, b = values.shape
+    seen = np.repeat(trained[:, None], b, axis=1)
+    if b > ACCEPT_BUCKETS:
+        running = reduce.accumulate(values, axis=1)[:, : b - ACCEPT_BUCKETS]
+        seen[:, ACCEPT_BUCKETS:] = reduce(seen[:, ACCEPT_BUCKETS:], running)
+    return seen
 
-    The range is the training window's, not extended by the buckets scored since: an excursion
-    stays novel while it lasts (it is one anomaly event, one alert), and a lasting change becomes
-    normal when the next training takes it in, not by being seen once.
+
+def _novel(low: np.ndarray, high: np.ndarray, spread: np.ndarray, p: BaselineParams) -> np.ndarray:
+    """Buckets whose extremes or spread leave the range seen before by more than the margin.
+
+    "Seen before" is the training window and the buckets at least :data:`ACCEPT_BUCKETS` before:
+    an excursion stays novel while it is young (every bucket of a short anomaly is flagged), and a
+    new level that has held that long is accepted, as the recent median has moved to it by then.
     """
     margin = (NOVELTY_MARGIN * (p.high - p.low))[:, None]
     spread_margin = (NOVELTY_MARGIN * (p.spread_high - p.spread_low))[:, None]
     return (
-        (high > p.high[:, None] + margin)
-        | (low < p.low[:, None] - margin)
-        | (spread > p.spread_high[:, None] + spread_margin)
-        | (spread < p.spread_low[:, None] - spread_margin)
+        (high > _seen_before(high, p.high, np.maximum) + margin)
+        | (low < _seen_before(low, p.low, np.minimum) - margin)
+        | (spread > _seen_before(spread, p.spread_high, np.maximum) + spread_margin)
+        | (spread < _seen_before(spread, p.spread_low, np.minimum) - spread_margin)
     )
 
 
