@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import azure.functions as func
 
 from shared.clock import parse_utc, utcnow
 from shared.context import AppContext
-from shared.ingestion.validation import InvalidReading, check_id
+from shared.ingestion.validation import EARLIEST, InvalidReading, check_id
 from shared.runs import records
 from shared.runs.reconcile import reconcile_run_if_due
 from shared.runs.records import RunFilters
@@ -48,26 +50,81 @@ def error(status: int, message: str) -> func.HttpResponse:
     return _json({"error": message}, status)
 
 
+# The function key's query parameter (the header is ``x-functions-key``): the host checks it,
+# every route accepts it, no handler sees it, nothing logs it.
+KEY_PARAM = "code"
+
+
 def handle(handler, ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
-    """Run a handler, turning validation errors into 400s and surprises into logged 500s."""
+    """Run a handler, turning validation errors into 400s and surprises into logged 500s.
+
+    The handler gets the request without the function key (``?code=``), and only parameters
+    that SQL can hold (no NUL, valid Unicode). Logs name the route and method only: never the
+    query string (the key) or headers.
+    """
     try:
+        req = _without_key(req)
+        _check_parameters(req)
         return handler(ctx, req)
     except (BadRequest, RunRequestError) as exc:
         return error(400, str(exc))
     except RunQueueError as exc:
         return _json({"error": str(exc)}, 503, headers={"Retry-After": "60"})
     except Exception:
-        log.exception("unhandled error in HTTP handler", extra={"url": req.url})
+        log.exception(
+            "unhandled error in HTTP handler",
+            extra={"route": _route(req), "method": req.method},
+        )
         return error(500, "internal error; see the function's logs")
+
+
+def _route(req: func.HttpRequest) -> str:
+    """The request's path, without the query string (which may hold the function key)."""
+    return urlsplit(req.url).path
+
+
+def _without_key(req: func.HttpRequest) -> func.HttpRequest:
+    if KEY_PARAM not in req.params:
+        return req
+    parts = urlsplit(req.url)
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != KEY_PARAM])
+    return func.HttpRequest(
+        req.method,
+        urlunsplit(parts._replace(query=query)),
+        headers=dict(req.headers),
+        params={k: v for k, v in req.params.items() if k != KEY_PARAM},
+        route_params=dict(req.route_params),
+        body=req.get_body(),
+    )
+
+
+def _check_parameters(req: func.HttpRequest) -> None:
+    """Refuse query and route parameters no database can compare: a NUL (PostgreSQL refuses
+    it in text) or a lone surrogate (not encodable as UTF-8)."""
+    for kind, values in (("route", req.route_params), ("query", req.params)):
+        for name, value in values.items():
+            shown = repr(name[:40])[1:-1]
+            if "\x00" in name or "\x00" in value:
+                raise BadRequest(f"{kind} parameter {shown} contains a NUL character")
+            try:
+                name.encode("utf-8")
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest(
+                    f"{kind} parameter {shown} is not valid Unicode (a lone surrogate)"
+                ) from None
 
 
 def parse_time(name: str, value: Any) -> datetime:
     if not isinstance(value, str):
         raise BadRequest(f"{name} must be an ISO-8601 string")
+    shown = repr(value[:64]) + ("..." if len(value) > 64 else "")
     try:
         return parse_utc(value)
-    except ValueError:
-        raise BadRequest(f"{name}={value!r} is not an ISO-8601 timestamp") from None
+    except ValueError as exc:
+        if "outside the years" in str(exc):
+            raise BadRequest(f"{name}={shown} is outside the years 1-9999 in UTC") from None
+        raise BadRequest(f"{name}={shown} is not an ISO-8601 timestamp") from None
 
 
 def _limit(req: func.HttpRequest, default: int = 100) -> int:
@@ -108,15 +165,25 @@ def parse_start_request(ctx: AppContext, body: dict[str, Any]) -> tuple[Window, 
         end = parse_time("window_end", body["window_end"])
         if end > now + FUTURE_TOLERANCE:
             raise BadRequest(f"window_end {end.isoformat()}Z is in the future")
+        if end < EARLIEST:  # no reading is older (and window arithmetic would overflow)
+            raise BadRequest(f"window_end must not be before {EARLIEST:%Y-%m-%d}")
     else:
         end = latest_window(schedule, now).end
     if "window_minutes" in body:
         minutes = body["window_minutes"]
         if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0:
             raise BadRequest("window_minutes must be a positive number")
+        if isinstance(minutes, float) and not math.isfinite(minutes):
+            raise BadRequest("window_minutes must be a finite number")
+        bucket_minutes = ctx.settings.bucket_seconds / 60
+        if minutes < bucket_minutes:
+            raise BadRequest(
+                f"window_minutes must be at least one bucket ({bucket_minutes:g} minutes, "
+                "BUCKET_SECONDS)"
+            )
         if minutes > ctx.settings.max_window_hours * 60:
             raise BadRequest(
-                f"window_minutes={minutes:g} is longer than MAX_WINDOW_HOURS="
+                f"window_minutes={str(minutes)[:24]} is longer than MAX_WINDOW_HOURS="
                 f"{ctx.settings.max_window_hours:g} hours"
             )
         window = Window(end - timedelta(minutes=minutes), end)
@@ -156,8 +223,10 @@ def start_run_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpRespon
     raw = req.get_body() or b"{}"
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit number
+        raise BadRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     window, filters, rerun = parse_start_request(ctx, body)
@@ -288,7 +357,9 @@ OPENAPI: dict[str, Any] = {
         "title": "Sensor batch scoring",
         "version": "1.0.0",
         "description": "Start scoring runs, watch them and query anomalies. Every call needs a "
-        "function key (`code` query parameter or `x-functions-key` header).",
+        "function key (`code` query parameter or `x-functions-key` header); `code` is accepted "
+        "on every operation besides its own parameters, and is never logged. Malformed input "
+        "is a 400 with an `error` message.",
     },
     "servers": [{"url": "/api"}],
     "security": [{"functionKey": []}, {"functionKeyQuery": []}],
