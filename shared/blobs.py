@@ -11,7 +11,8 @@ Containers (names from settings)::
     chunks       runs/<run_id>/<chunk_id>.parquet           features for the scoring step
     predictions  runs/<run_id>/<chunk_id>.predictions.parquet  <- the blob trigger fires here
                  runs/<run_id>/<chunk_id>.errors.parquet    per-sensor failures (written first)
-    deadletters  <source>/<key>.jsonl                       rejected events/rows with reasons
+    deadletters  eventhub/<partition>/<sequence>.jsonl      one event's rejects, with reasons
+                 import/<file>-<sha256>.jsonl               one CSV file's rejected rows
     reports      runs/<run_id>/report.html
                  training/<window_end>.json                 what a retraining did (shared.training)
 """
