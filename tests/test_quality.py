@@ -1,9 +1,14 @@
 """Detection quality with default settings, through the product's own paths.
 
-The bounds sit just outside the figures measured when they were set (bench/bench_quality.py
-prints them), so a regression fails here: simulated seed 3 gave precision 0.93, recall 0.95;
-NAB realAWSCloudwatch gave window recall 0.83, false alarm share 0.79, at most 36% of any
-series' buckets flagged.
+The floors sit just under the figures measured when they were set (bench/bench_quality.py prints
+them), so a regression fails here:
+
+* simulated fleet, seed 3: bucket precision 0.93, recall 0.97, every injected anomaly found;
+* NAB realAWSCloudwatch (17 real series) replayed as production runs (daily windows, scheduled
+  retraining, one alert per anomaly event), scored by NAB's official scorer at the fixed
+  threshold 0.5: standard 62.2, low-FP 60.4; window recall 0.70; at most 2.2% of any series'
+  scored rows flagged (the issue's limit is 10%). Before the robust-baseline detector, the
+  one-class SVM flagged 36% of one series and scored -218 on 31 real series.
 """
 
 import json
@@ -17,9 +22,9 @@ from shared.evaluation import evaluate_simulated
 from tests.conftest import NAB
 
 # Floors just under what the replay measured when they were set (see the module docstring).
-WINDOW_RECALL_FLOOR = 0.0
-NAB_STANDARD_FLOOR = 0.0
-NAB_LOW_FP_FLOOR = 0.0
+WINDOW_RECALL_FLOOR = 0.65
+NAB_STANDARD_FLOOR = 57.0
+NAB_LOW_FP_FLOOR = 55.0
 
 
 @pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
