@@ -43,6 +43,10 @@ SENSITIVITY_METADATA = "scoring.sensitivity"
 """Chunk schema metadata: the score at or above which a bucket is flagged (default 0.5)."""
 DEFAULT_SENSITIVITY = 0.5
 
+SENSITIVITY_COLUMN = "sensitivity"
+"""Optional float chunk column: the row's sensitivity, used instead of the chunk's metadata
+(a sensor whose false alarms an operator reported gets a higher one)."""
+
 DEFAULT_BUCKET = "1min"
 """Default bucket width (a pandas offset alias; the SQL side uses the same width)."""
 

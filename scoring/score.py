@@ -52,6 +52,7 @@ from scoring.features import (
     DERIVED_FEATURES,
     ERROR_COLUMNS,
     PREDICTION_COLUMNS,
+    SENSITIVITY_COLUMN,
     SENSITIVITY_METADATA,
     derived_feature,
 )
@@ -235,8 +236,9 @@ def _write_errors(
     _write_parquet_atomic(table, output_dir / f"{chunk_id}{ERRORS_SUFFIX}")
 
 
-def _read_chunk(path: Path, use_threads: bool) -> tuple[pa.Table, np.ndarray, float]:
-    """The chunk's columns, its context mask (rows before the window) and its sensitivity."""
+def _read_chunk(path: Path, use_threads: bool) -> tuple[pa.Table, np.ndarray, float | np.ndarray]:
+    """The chunk's columns, its context mask (rows before the window) and its sensitivity: the
+    chunk's (metadata), or one per row when the chunk has a ``sensitivity`` column."""
     table = pq.read_table(path, read_dictionary=_DICTIONARY_COLUMNS, use_threads=use_threads)
     missing = [name for name in CHUNK_COLUMNS if name not in table.column_names]
     if missing:
@@ -249,6 +251,12 @@ def _read_chunk(path: Path, use_threads: bool) -> tuple[pa.Table, np.ndarray, fl
         context = table[CONTEXT_COLUMN].cast(pa.bool_()).fill_null(False).to_numpy()
     else:
         context = np.zeros(table.num_rows, dtype=bool)
+    if SENSITIVITY_COLUMN in table.column_names:
+        # Per-row sensitivities (a sensor's raised by operator feedback); null: the chunk's.
+        per_row = table[SENSITIVITY_COLUMN].cast(pa.float64()).fill_null(sensitivity).to_numpy()
+        if not ((per_row > 0.0) & (per_row <= 1.0)).all():
+            raise ValueError("chunk column sensitivity has values outside (0, 1]")
+        sensitivity = per_row
     table = table.select(list(CHUNK_COLUMNS))
     if not table.schema.equals(_CHUNK_SCHEMA, check_metadata=False):
         table = table.cast(_CHUNK_SCHEMA)  # e.g. int32 counts or naive timestamps (taken as UTC)

@@ -136,6 +136,63 @@ class AzureMLSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    """Where notifications of anomaly events go (``shared.alerts``).
+
+    ``eventgrid_endpoint``: an Event Grid custom topic's endpoint, published to as CloudEvents
+    1.0 with the managed identity (role EventGrid Data Sender). ``webhook_urls``: HTTPS
+    endpoints that get the same CloudEvent (or a Teams card) signed with HMAC-SHA256 under
+    ``webhook_secret``. ``base_url``: the app's public URL, for the report links in alerts.
+    """
+
+    eventgrid_endpoint: str | None = None
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_format: str = "cloudevents"
+    base_url: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.eventgrid_endpoint or self.webhook_urls)
+
+
+WEBHOOK_FORMATS = ("cloudevents", "teams")
+
+
+def _https(name: str, value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        raise SettingsError(f"{name}: {value[:80]!r} is not an https:// URL (HTTPS only)")
+    return value
+
+
+def _alert_settings(r: _Reader) -> AlertSettings:
+    endpoint = r.optional("ALERTS_EVENTGRID_ENDPOINT")
+    if endpoint is not None:
+        _https("ALERTS_EVENTGRID_ENDPOINT", endpoint)
+    raw = r.text("ALERTS_WEBHOOK_URLS", "")
+    urls = tuple(_https("ALERTS_WEBHOOK_URLS", u.strip()) for u in raw.split(",") if u.strip())
+    secret = r.optional("ALERTS_WEBHOOK_SECRET")
+    if urls and (secret is None or len(secret) < 16):
+        raise SettingsError(
+            "ALERTS_WEBHOOK_SECRET is required with ALERTS_WEBHOOK_URLS (at least 16 characters:"
+            " webhook bodies are signed with it)"
+        )
+    base_url = r.text("ALERTS_BASE_URL", "").rstrip("/")
+    if base_url:
+        _https("ALERTS_BASE_URL", base_url)
+    return AlertSettings(
+        eventgrid_endpoint=endpoint,
+        webhook_urls=urls,
+        webhook_secret=secret,
+        webhook_format=r.choice("ALERTS_WEBHOOK_FORMAT", "cloudevents", WEBHOOK_FORMATS),
+        base_url=base_url,
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the app reads from its environment. Build with :meth:`from_env`."""
 
@@ -181,6 +238,8 @@ class Settings:
     azureml: AzureMLSettings = field(default_factory=AzureMLSettings)
     # When models are retrained over the trailing TRAIN_WINDOW_HOURS (shared.training).
     training_schedule: str = DEFAULT_TRAINING_SCHEDULE
+    # Where anomaly-event notifications go (shared.alerts); none set: no notification is sent.
+    alerts: AlertSettings = field(default_factory=lambda: AlertSettings())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -287,6 +346,7 @@ class Settings:
                 "SQL_RETRY_SECONDS", DEFAULT_SQL_RETRY_SECONDS, minimum=0.0, maximum=600.0
             ),
             azureml=azureml,
+            alerts=_alert_settings(r),
         )
         return settings
 

@@ -259,3 +259,94 @@ dead_letters = Table(
     Column("first_reason", Text(), nullable=False),
     Column("created_at", Timestamp, nullable=False),
 )
+
+# ---- Alerts (shared.alerts): rules, and the outbox of notifications.
+
+# Alert rules: one per scope (the fleet, a device, a sensor), its id derived from the scope so an
+# update is an upsert. A sensor's effective rule is the fleet's, overlaid by its device's, then
+# by its own (non-null fields win). No rule at all: every event alerts.
+alert_rules = Table(
+    "alert_rules",
+    metadata,
+    Column("rule_id", String(64), primary_key=True),
+    Column("scope", String(16), nullable=False),  # fleet | device | sensor
+    _id("device", nullable=True),
+    _id("sensor", nullable=True),
+    Column("min_score", Float(), nullable=True),  # the event's peak score must reach it
+    Column("min_duration_minutes", Float(), nullable=True),  # end - start must reach it
+    Column("quiet_start", String(5), nullable=True),  # HH:MM UTC: onsets in [start, end) are
+    Column("quiet_end", String(5), nullable=True),  # not alerted (may wrap midnight)
+    Column("muted_until", Timestamp, nullable=True),  # no notification at all until then
+    Column("mute_reason", String(500), nullable=True),
+    Column("comment", String(500), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+# The outbox: one row per notification, keyed by (event, state, target) through its id, written
+# in the transaction that recorded the predictions which changed the event, and sent after the
+# commit (again by the alerts timer when a send failed). The key makes a redelivered blob or a
+# re-run insert nothing; a lease (claimed_until) keeps two senders from sending one row twice.
+alert_outbox = Table(
+    "alert_outbox",
+    metadata,
+    Column("notification_id", String(64), primary_key=True),
+    Column("event_id", String(64), nullable=False),
+    Column("state", String(32), nullable=False),  # opened | updated:<severity> | closed
+    Column("seq", Integer(), nullable=False),  # send order within an event: 0, 1, 2
+    Column("target", String(64), nullable=False),  # eventgrid | webhook-<hash of its URL>
+    _id("device"),
+    _id("sensor"),
+    Column("run_id", String(64), nullable=True),  # the run whose recording raised it
+    Column("severity", String(16), nullable=False),
+    Column("payload", Text(), nullable=False),  # the CloudEvent's data, as JSON
+    Column("status", String(16), nullable=False),  # pending | sent | failed
+    Column("attempts", Integer(), nullable=False, default=0),
+    Column("next_attempt_at", Timestamp, nullable=False),
+    Column("claimed_until", Timestamp, nullable=True),
+    Column("last_error", Text(), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("sent_at", Timestamp, nullable=True),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "run_id"),
+    Index(None, "event_id", "target"),
+)
+
+# ---- Feedback (shared.feedback): operators' verdicts on events, and what they change.
+
+# Every verdict given (the latest per event counts). Device, sensor and the event's span are
+# copied here, so a verdict outlives a recompute that re-keys its event.
+anomaly_feedback = Table(
+    "anomaly_feedback",
+    metadata,
+    Column("feedback_id", Integer(), primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False),
+    _id("device"),
+    _id("sensor"),
+    Column("event_start", Timestamp, nullable=False),
+    Column("event_end", Timestamp, nullable=False),
+    Column("peak_score", Float(), nullable=False),
+    Column("verdict", String(16), nullable=False),  # confirmed | false_alarm | expected
+    Column("comment", Text(), nullable=True),
+    Column("author", String(200), nullable=True),
+    Column("span_start", Timestamp, nullable=False),  # expected: alerts suppressed over it
+    Column("span_end", Timestamp, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Index(None, "event_id"),
+    Index(None, "device", "sensor", "span_start"),
+    Index(None, "created_at"),
+)
+
+# Per-sensor sensitivity overrides (a false alarm raises its sensor's above the alarm's peak):
+# preparation writes them into the chunks, the scoring step flags with them.
+sensor_sensitivity = Table(
+    "sensor_sensitivity",
+    metadata,
+    _id("device"),
+    _id("sensor"),
+    Column("sensitivity", Float(), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("event_id", String(64), nullable=True),
+    Column("updated_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("device", "sensor", name="pk_sensor_sensitivity"),
+)

@@ -27,6 +27,7 @@ from shared.context import AppContext
 from shared.db.schema import run_chunks, run_errors
 from shared.executors.base import ChunkRef
 from shared.features import aggregate_features
+from shared.feedback.service import chunk_with_sensitivity
 from shared.models.registry import active_models_for
 from shared.runs.records import CHUNK_WRITTEN, Run
 
@@ -110,6 +111,8 @@ def prepare_run(ctx: AppContext, run: Run) -> Prepared:
         part = part.select([*CHUNK_COLUMNS, CONTEXT_COLUMN]).replace_schema_metadata(
             {SENSITIVITY_METADATA: repr(float(settings.sensitivity))}
         )
+        # Per-sensor sensitivities raised by false-alarm feedback (shared.feedback), per row.
+        part = chunk_with_sensitivity(ctx.engine, part, settings.sensitivity)
         buffer = io.BytesIO()
         pq.write_table(part, buffer, compression="zstd")
         chunk_id = f"c{index:05d}"

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import and_, delete, insert, select, update
 
 from scoring.features import ERROR_COLUMNS, PREDICTION_COLUMNS
+from shared.alerts import deliver_quietly, enqueue_for_chunk
 from shared.blobs import errors_blob, parse_predictions_blob
 from shared.clock import utcnow
 from shared.context import AppContext
@@ -149,6 +150,7 @@ def record_predictions_blob(
             )
         )
         run = records.refresh_counts(conn, run_id)
+        events_mark = utcnow()  # alerts: the events changed from here on
         # In the same transaction: the chunk's sensors' events always match its predictions.
         events = update_events_for_chunk(
             conn,
@@ -158,6 +160,10 @@ def record_predictions_blob(
             settings.bucket_seconds,
             rest_buckets=settings.event_rest_buckets,
         )
+        # ---- alerts (shared.alerts): the outbox rows of these event changes, same transaction
+        enqueue_for_chunk(conn, settings, run_id, chunk_id, since=events_mark)
+    # ---- alerts: sent once committed; a failing receiver never fails the recording
+    deliver_quietly(ctx.engine, settings)
     log.info(
         "recorded predictions",
         extra={
