@@ -102,7 +102,7 @@ class LocalServices:
                     services=missing,
                 )
         ctx = AppContext.create(self.settings)
-        migrate.upgrade(ctx.engine)
+        migrate.upgrade(ctx.engine, bucket_seconds=self.settings.bucket_seconds)
         set_context(ctx)
         self.ctx = ctx
         return ctx
@@ -132,12 +132,12 @@ def cmd_db(args, settings: Settings) -> int:
     from shared.db import migrate
 
     if args.action == "sql":
-        print(migrate.offline_sql(args.url))
+        print(migrate.offline_sql(args.url, bucket_seconds=settings.bucket_seconds))
         return 0
     from shared.db.engine import make_engine
 
     engine = make_engine(settings)
-    migrate.upgrade(engine)
+    migrate.upgrade(engine, bucket_seconds=settings.bucket_seconds)
     print(f"database at revision {migrate.current_revision(engine)}")
     return 0
 
@@ -548,7 +548,7 @@ def cmd_evaluate(args, settings: Settings) -> int:
             }
         )
         ctx = AppContext.create(replay_settings)
-        migrate.upgrade(ctx.engine)
+        migrate.upgrade(ctx.engine, bucket_seconds=replay_settings.bucket_seconds)
         set_context(ctx)
         with _progress(-1, "replay") as bar:
 

@@ -18,7 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import BigInteger, Table, and_, bindparam, exists, insert, literal_column, select
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    insert,
+    literal_column,
+    select,
+)
 from sqlalchemy.dialects import mssql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
@@ -64,8 +74,10 @@ class epoch_seconds(FunctionElement):
 
 @compiles(epoch_seconds, "sqlite")
 def _epoch_sqlite(element, compiler, **kw):
+    # Only the whole-second part of the stored text ('YYYY-MM-DD HH:MM:SS.ffffff'): SQLite's date
+    # functions keep milliseconds and round, so 10:00:59.9996 would count as 10:01:00.
     (arg,) = element.clauses
-    return f"CAST(strftime('%s', {compiler.process(arg, **kw)}) AS INTEGER)"
+    return f"CAST(strftime('%s', substr({compiler.process(arg, **kw)}, 1, 19)) AS INTEGER)"
 
 
 @compiles(epoch_seconds, "postgresql")
@@ -133,3 +145,50 @@ def _binary_postgresql(element, compiler, **kw):
 def _binary_mssql(element, compiler, **kw):
     (arg,) = element.clauses
     return f"({compiler.process(arg, **kw)} COLLATE Latin1_General_BIN2)"
+
+
+class bucket_start_of(FunctionElement):
+    """The start of the epoch-aligned bucket holding a naive-UTC timestamp, as a timestamp.
+
+    ``bucket_start_of(ts, seconds)``: ``seconds`` is an integer expression (a literal, or the
+    ``bucket_seconds`` column of ``aggregate_widths``). Each engine's value is exactly what
+    SQLAlchemy stores for that instant, so rows it writes compare equal to bound parameters:
+    on SQLite that is ISO text with six decimals.
+    """
+
+    type = DateTime()
+    inherit_cache = True
+    name = "bucket_start_of"
+
+
+def _bucket_epoch(element, compiler, **kw) -> str:
+    ts, seconds = element.clauses
+    epoch = compiler.process(epoch_seconds(ts), **kw)
+    width = compiler.process(seconds, **kw)
+    return f"(({epoch}) / ({width}) * ({width}))"
+
+
+@compiles(bucket_start_of, "sqlite")
+def _bucket_start_sqlite(element, compiler, **kw):
+    return (
+        f"(strftime('%Y-%m-%d %H:%M:%S', {_bucket_epoch(element, compiler, **kw)}, 'unixepoch')"
+        " || '.000000')"
+    )
+
+
+@compiles(bucket_start_of, "postgresql")
+def _bucket_start_postgresql(element, compiler, **kw):
+    return (
+        f"(CAST('1970-01-01' AS TIMESTAMP WITHOUT TIME ZONE) + "
+        f"CAST({_bucket_epoch(element, compiler, **kw)} AS DOUBLE PRECISION) * INTERVAL '1 second')"
+    )
+
+
+@compiles(bucket_start_of, "mssql")
+def _bucket_start_mssql(element, compiler, **kw):
+    # DATEADD takes an int: whole days, then the seconds within the day (no 2038 overflow).
+    b = _bucket_epoch(element, compiler, **kw)
+    return (
+        f"DATEADD(second, CAST({b} % 86400 AS INT), "
+        f"DATEADD(day, CAST({b} / 86400 AS INT), CAST('1970-01-01' AS DATETIME2(6))))"
+    )

@@ -19,9 +19,17 @@ from shared.settings import DEFAULT_SQL_RETRY_SECONDS
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def alembic_config(engine: Engine | None = None, url: str | None = None) -> Config:
-    """An Alembic config for our scripts, bound to ``engine`` (online) or ``url`` (offline)."""
+def alembic_config(
+    engine: Engine | None = None, url: str | None = None, bucket_seconds: int | None = None
+) -> Config:
+    """An Alembic config for our scripts, bound to ``engine`` (online) or ``url`` (offline).
+
+    ``bucket_seconds`` is the width migration 0004 backfills bucket aggregates at (default: the
+    ``BUCKET_SECONDS`` environment variable, else 60).
+    """
     config = Config()
+    if bucket_seconds is not None:
+        config.attributes["bucket_seconds"] = int(bucket_seconds)
     config.set_main_option("script_location", str(MIGRATIONS))
     if url is not None:
         config.set_main_option("sqlalchemy.url", url)
@@ -31,7 +39,10 @@ def alembic_config(engine: Engine | None = None, url: str | None = None) -> Conf
 
 
 def upgrade(
-    engine: Engine, revision: str = "head", retry_seconds: float = DEFAULT_SQL_RETRY_SECONDS
+    engine: Engine,
+    revision: str = "head",
+    retry_seconds: float = DEFAULT_SQL_RETRY_SECONDS,
+    bucket_seconds: int | None = None,
 ) -> None:
     """Bring the database behind ``engine`` up to ``revision`` (idempotent).
 
@@ -39,14 +50,16 @@ def upgrade(
     SQL Server the upgrade runs in one transaction, so a failed attempt leaves nothing behind.
     """
     call_with_sql_retry(
-        lambda: command.upgrade(alembic_config(engine), revision), retry_seconds, "migration"
+        lambda: command.upgrade(alembic_config(engine, bucket_seconds=bucket_seconds), revision),
+        retry_seconds,
+        "migration",
     )
 
 
-def offline_sql(url: str, revision: str = "head") -> str:
+def offline_sql(url: str, revision: str = "head", bucket_seconds: int | None = None) -> str:
     """The migration as a SQL script for the dialect of ``url`` (``alembic upgrade --sql``)."""
     buffer = io.StringIO()
-    config = alembic_config(url=url)
+    config = alembic_config(url=url, bucket_seconds=bucket_seconds)
     config.output_buffer = buffer
     command.upgrade(config, revision, sql=True)
     return buffer.getvalue()

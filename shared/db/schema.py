@@ -66,6 +66,40 @@ readings = Table(
     sqlite_with_rowid=False,
 )
 
+# Per-bucket aggregates of readings, kept as readings arrive (shared.aggregates): runs and
+# training read one row per sensor and bucket instead of grouping raw readings. Only readings
+# actually inserted feed them, so a redelivered reading is counted once; a late reading updates
+# its bucket's row. Mean and std derive from count, sum and sum_sq (population std). Each row
+# records its bucket width: rows of another BUCKET_SECONDS are never mixed in.
+bucket_aggregates = Table(
+    "bucket_aggregates",
+    metadata,
+    Column("bucket_seconds", Integer(), nullable=False),
+    Column("bucket_start", Timestamp, nullable=False),
+    _id("device"),
+    _id("sensor"),
+    Column("count", Integer(), nullable=False),
+    Column("sum", Float(), nullable=False),
+    Column("min", Float(), nullable=False),
+    Column("max", Float(), nullable=False),
+    Column("sum_sq", Float(), nullable=False),
+    # Like readings: windows are time ranges over many sensors, ingestion appends in time order.
+    PrimaryKeyConstraint(
+        "bucket_seconds", "bucket_start", "device", "sensor", name="pk_bucket_aggregates"
+    ),
+    sqlite_with_rowid=False,
+)
+
+# The bucket widths whose aggregates are complete and maintained: ingestion updates every width
+# listed here (normally one, BUCKET_SECONDS when the database was upgraded), and features refuse
+# a width not listed (BUCKET_SECONDS changed) until `aggregates rebuild` builds it from readings.
+aggregate_widths = Table(
+    "aggregate_widths",
+    metadata,
+    Column("bucket_seconds", Integer(), primary_key=True, autoincrement=False),
+    Column("built_at", Timestamp, nullable=False),
+)
+
 # One row per model set blob: many models packed in one file, written once per training run, so
 # a run loads a few files instead of one blob per sensor.
 model_sets = Table(

@@ -1,4 +1,4 @@
-"""Idempotent bulk insert of readings.
+"""Idempotent bulk insert of readings, and the bucket aggregates' upkeep.
 
 Event Hubs delivers at least once, and CSV imports get re-run, so every insert skips keys that
 already exist (:func:`shared.db.dialects.insert_if_absent`). When some rows were skipped, their
@@ -13,11 +13,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Column, Connection, Engine, MetaData, Table, select
+from sqlalchemy import Column, Connection, DateTime, Engine, MetaData, Table, insert, select
+from sqlalchemy.exc import IntegrityError
 
-from shared.db.dialects import insert_if_absent
+from shared import aggregates
+from shared.db.dialects import bucket_start_of
 from shared.db.retry import call_with_sql_retry
-from shared.db.schema import readings
+from shared.db.schema import aggregate_widths, readings
 from shared.ingestion.validation import Reading
 
 log = logging.getLogger(__name__)
@@ -57,10 +59,15 @@ def _key(r: Reading) -> tuple:
 # inserted in key order it should not happen on PostgreSQL, but SQL Server's lock escalation or
 # a concurrent writer elsewhere still can.
 DEADLOCK_RETRY_SECONDS = 30.0
+# SQL Server: attempts when another writer inserts the same key between lookup and insert.
+KEY_RACE_ATTEMPTS = 5
 
 
 def insert_readings(engine: Engine, batch: Sequence[Reading]) -> InsertCounts:
     """Insert ``batch`` in one transaction; existing keys are skipped and checked for conflicts.
+
+    The readings actually inserted are added to the bucket aggregates in the same transaction
+    (``shared.aggregates``): a redelivered reading changes nothing, a late one updates its bucket.
 
     Rows are inserted in key order (the primary key's), so two batches with overlapping keys
     take their row locks in the same order and one waits for the other instead of deadlocking;
@@ -78,9 +85,25 @@ def insert_readings(engine: Engine, batch: Sequence[Reading]) -> InsertCounts:
 
     def work() -> tuple[int, dict[tuple, float]]:
         with engine.begin() as conn:
-            return _insert_rows(conn, rows)
+            try:
+                return _insert_rows(conn, rows)
+            except BaseException:
+                # A staging table created in a transaction that rolls back is gone with it.
+                conn.connection.info.pop(_SQLITE_STAGE, None)
+                raise
 
-    inserted, existing = call_with_sql_retry(work, DEADLOCK_RETRY_SECONDS, "insert readings")
+    for attempt in range(1, KEY_RACE_ATTEMPTS + 1):
+        try:
+            inserted, existing = call_with_sql_retry(
+                work, DEADLOCK_RETRY_SECONDS, "insert readings"
+            )
+            break
+        except IntegrityError:
+            # SQL Server only: another writer inserted a key between the lookup and the plain
+            # INSERT; run again, and the lookup sees it (never counted twice in the aggregates).
+            if attempt == KEY_RACE_ATTEMPTS:
+                raise
+            log.warning("a concurrent writer inserted the same readings; inserting again")
     for i, r in enumerate(batch):
         key = _key(r)
         stored = existing.get(key, batch[first[key]].value)
@@ -99,93 +122,190 @@ def insert_readings(engine: Engine, batch: Sequence[Reading]) -> InsertCounts:
 
 
 def _insert_rows(conn: Connection, rows: Sequence[Reading]) -> tuple[int, dict[tuple, float]]:
-    """Insert the key-ordered, key-unique ``rows``; returns (inserted, stored values of the
-    keys that were skipped or were there already, when any was)."""
-    statement = insert_if_absent(readings, KEY, conn.dialect.name)
-    if conn.dialect.name == "mssql":
-        # pyodbc's fast_executemany reports no per-row counts: look the keys up first.
-        existing = _existing_values(conn, rows)
-        fresh = [r for r in rows if _key(r) not in existing]
-        for start in range(0, len(fresh), INSERT_BATCH):
-            conn.execute(statement, [r._asdict() for r in fresh[start : start + INSERT_BATCH]])
-        return len(fresh), existing
+    """Insert the key-ordered, key-unique ``rows`` and add exactly the inserted ones to the
+    bucket aggregates (``shared.aggregates``); returns (inserted, stored values of the keys that
+    were skipped or were there already, when any was)."""
+    name = conn.dialect.name
+    if name == "mssql":
+        return _insert_mssql(conn, rows)
     inserted = 0
+    existing: dict[tuple, float] = {}
     for start in range(0, len(rows), INSERT_BATCH):
-        inserted += _insert_driver_level(conn, statement, rows[start : start + INSERT_BATCH])
-    # Rows this batch just inserted match themselves, so only skipped keys can differ.
-    existing = _existing_values(conn, rows) if inserted < len(rows) else {}
+        part = rows[start : start + INSERT_BATCH]
+        if name == "postgresql":
+            n, found = _insert_postgresql(conn, part)
+            existing.update(found)
+        else:
+            n = _insert_sqlite(conn, part)
+        inserted += n
+    # Rows this batch just inserted match themselves, so only skipped keys can differ. PostgreSQL
+    # returned them with the insert; a key a concurrent writer committed meanwhile is looked up.
+    if inserted + len(existing) < len(rows):
+        existing = _existing_values(conn, rows)
     return inserted, existing
 
 
-def _insert_driver_level(conn: Connection, statement, rows: Sequence[Reading]) -> int:
-    """Execute the insert-if-absent statement through the DBAPI's own executemany.
-
-    The statement is the same SQLAlchemy construct, compiled once for the connection's dialect;
-    only the per-row parameter processing is skipped (it cost more than the insert itself:
-    ~5 us a row). SQLite stores SQLAlchemy ``DateTime`` as ISO text with microseconds, so the
-    timestamps are formatted exactly that way; psycopg adapts ``datetime`` natively.
-    """
-    compiled = statement.compile(dialect=conn.dialect)
-    if conn.dialect.name == "sqlite":
-        if list(compiled.positiontup) != list(Reading._fields):
-            raise RuntimeError(f"unexpected parameter order {compiled.positiontup}")
-        text: dict = {}  # many readings share a timestamp: format each once
-        params = [
-            (
-                text.get(r.ts) or text.setdefault(r.ts, r.ts.isoformat(" ", "microseconds")),
-                r.device,
-                r.sensor,
-                r.value,
-            )
-            for r in rows
-        ]
-    elif conn.dialect.name == "postgresql":
-        return _insert_postgresql_copy(conn, rows)
-    else:
-        params = [r._asdict() for r in rows]
-    cursor = conn.exec_driver_sql(str(compiled), params)
-    return _checked_count(cursor.rowcount, len(rows))
+def _insert_mssql(conn: Connection, rows: Sequence[Reading]) -> tuple[int, dict[tuple, float]]:
+    """SQL Server: pyodbc's fast_executemany reports no per-row counts, so the keys are looked up
+    first and the absent ones inserted with a plain INSERT: if another writer inserts one of them
+    meanwhile, the INSERT fails (and the transaction is re-run) instead of skipping a row the
+    aggregates would count. Aggregates are added with one MERGE per bucket."""
+    existing = _existing_values(conn, rows)
+    fresh = [r for r in rows if _key(r) not in existing]
+    for start in range(0, len(fresh), INSERT_BATCH):
+        conn.execute(insert(readings), [r._asdict() for r in fresh[start : start + INSERT_BATCH]])
+    if fresh:
+        aggregates.accumulate(conn, aggregates.group_rows(fresh, aggregates.widths(conn)))
+    return len(fresh), existing
 
 
-# PostgreSQL's fastest bulk path: COPY into a session-local staging table, then one
-# INSERT ... SELECT ... ON CONFLICT DO NOTHING (the same insert-if-absent, set-based).
-_PG_STAGE = Table(
-    "readings_stage",
-    MetaData(),
-    *(Column(c.name, c.type) for c in readings.columns),
-    prefixes=["TEMPORARY"],
-    postgresql_on_commit="DELETE ROWS",
-)
+# SQLite: the DBAPI's executemany into a per-connection TEMP staging table, then one INSERT ...
+# SELECT ... ON CONFLICT DO NOTHING RETURNING (SQLite >= 3.35): the rows it returns are exactly
+# the inserted ones, grouped in Python and added to the aggregates with one executemany upsert.
+# Statements are compiled once per process; the staging table is created once per connection.
+_SQLITE_STAGE = "readings_stage"
+_SQLITE_SQL: dict[str, str] = {}
 
 
-def _insert_postgresql_copy(conn: Connection, rows: Sequence[Reading]) -> int:
-    from sqlalchemy.dialects import postgresql
-    from sqlalchemy.schema import CreateTable
+def _sqlite_sql(conn: Connection) -> dict[str, str]:
+    if not _SQLITE_SQL:
 
-    dialect = conn.dialect
-    create = str(CreateTable(_PG_STAGE, if_not_exists=True).compile(dialect=dialect))
-    names = [c.name for c in _PG_STAGE.columns]
-    move = (
-        postgresql.insert(readings)
-        # In key order: concurrent batches then lock overlapping keys in the same order.
-        .from_select(
-            names,
-            select(*_PG_STAGE.columns).order_by(*(_PG_STAGE.c[k] for k in KEY)),
+        names = [c.name for c in readings.columns]
+        if names != list(Reading._fields):
+            raise RuntimeError(f"unexpected readings columns {names}")
+        cols = ", ".join(names)
+        key = ", ".join(KEY)
+        accumulate = aggregates.accumulate_statement("sqlite").compile(dialect=conn.dialect)
+        order = [aggregates.COLUMNS.index(n) for n in accumulate.positiontup]
+        if order != list(range(len(aggregates.COLUMNS))):
+            raise RuntimeError(f"unexpected parameter order {accumulate.positiontup}")
+        _SQLITE_SQL.update(
+            create=f"CREATE TEMP TABLE IF NOT EXISTS {_SQLITE_STAGE} ({cols})",
+            stage=f"INSERT INTO temp.{_SQLITE_STAGE} ({cols}) VALUES (?, ?, ?, ?)",
+            # WHERE true: SQLite needs it to parse ON CONFLICT after INSERT ... SELECT.
+            move=(
+                f"INSERT INTO readings ({cols}) SELECT {cols} FROM temp.{_SQLITE_STAGE} "
+                f"WHERE true ORDER BY {key} ON CONFLICT DO NOTHING RETURNING {cols}"
+            ),
+            clear=f"DELETE FROM temp.{_SQLITE_STAGE}",
+            accumulate=str(accumulate),
         )
-        .on_conflict_do_nothing(index_elements=list(KEY))
+    return _SQLITE_SQL
+
+
+def _insert_sqlite(conn: Connection, rows: Sequence[Reading]) -> int:
+    """Insert ``rows`` on SQLite; returns how many were inserted (and aggregated).
+
+    SQLite stores SQLAlchemy ``DateTime`` as ISO text with microseconds, so the timestamps are
+    formatted exactly that way (and parsed back from the same map).
+    """
+    sql = _sqlite_sql(conn)
+    info = conn.connection.info
+    if not info.get(_SQLITE_STAGE):
+        conn.exec_driver_sql(sql["create"])
+        info[_SQLITE_STAGE] = True
+    text: dict = {}  # many readings share a timestamp: format each once
+    params = [
+        (
+            text.get(r.ts) or text.setdefault(r.ts, r.ts.isoformat(" ", "microseconds")),
+            r.device,
+            r.sensor,
+            r.value,
+        )
+        for r in rows
+    ]
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.executemany(sql["stage"], params)
+        cursor.execute(sql["move"])
+        fresh = cursor.fetchall()
+        cursor.execute(sql["clear"])
+        if fresh:
+            stamps = {v: k for k, v in text.items()}
+            widths = _widths(conn)
+            grouped = aggregates.group_rows(
+                ((stamps[ts], d, s, v) for ts, d, s, v in fresh), widths
+            )
+            cursor.executemany(
+                sql["accumulate"],
+                [(w, b.isoformat(" ", "microseconds"), *rest) for w, b, *rest in grouped],
+            )
+    finally:
+        cursor.close()
+    return _checked_count(len(fresh), len(rows))
+
+
+def _widths(conn: Connection) -> list[int]:
+    """The maintained bucket widths (SQLite and SQL Server read them per batch: a cheap lookup
+    of a one-row table, and never stale after `aggregates rebuild`)."""
+    return aggregates.widths(conn)
+
+
+# PostgreSQL: the whole batch in ONE statement and one round trip. The readings go in as four
+# arrays (unnest), the insert-if-absent RETURNs exactly the rows it inserted, and those feed the
+# aggregate upsert in the same statement (a data-modifying CTE), grouped at every maintained
+# width; the statement also returns the stored values of the keys that already existed (its
+# snapshot predates its own inserts), for the conflict check. psycopg prepares it server-side
+# after a few executions on a connection; it is compiled once per process here.
+_PG_SQL: dict[str, str] = {}
+
+
+def _postgresql_sql(conn: Connection) -> str:
+    if not _PG_SQL:
+        # Stand-ins for the CTE's names, to compile the bucket expression against them.
+        fresh = Table("fresh", MetaData(), Column("ts", DateTime()))
+        start = str(
+            bucket_start_of(fresh.c.ts, aggregate_widths.c.bucket_seconds).compile(
+                dialect=conn.dialect
+            )
+        )
+        cols = ", ".join(Reading._fields)
+        key = ", ".join(KEY)
+        agg = ", ".join(aggregates.COLUMNS)
+        _PG_SQL["move"] = (
+            "WITH input AS ("
+            "SELECT * FROM unnest(%s::timestamp[], %s::varchar[], %s::varchar[], %s::float8[]) "
+            f"AS u({cols})), "
+            f"fresh AS (INSERT INTO readings ({cols}) SELECT {cols} FROM input ORDER BY {key} "
+            f"ON CONFLICT ({key}) DO NOTHING RETURNING {cols}), "
+            f"agg AS (INSERT INTO bucket_aggregates ({agg}) "
+            f"SELECT aggregate_widths.bucket_seconds, {start}, fresh.device, fresh.sensor, "
+            "count(*), sum(fresh.value), min(fresh.value), max(fresh.value), "
+            "sum(fresh.value * fresh.value) FROM fresh CROSS JOIN aggregate_widths "
+            f"GROUP BY aggregate_widths.bucket_seconds, {start}, fresh.device, fresh.sensor "
+            f"ORDER BY aggregate_widths.bucket_seconds, {start}, fresh.device, fresh.sensor "
+            "ON CONFLICT (bucket_seconds, bucket_start, device, sensor) DO UPDATE SET "
+            "count = bucket_aggregates.count + excluded.count, "
+            "sum = bucket_aggregates.sum + excluded.sum, "
+            "min = least(bucket_aggregates.min, excluded.min), "
+            "max = greatest(bucket_aggregates.max, excluded.max), "
+            "sum_sq = bucket_aggregates.sum_sq + excluded.sum_sq) "
+            "SELECT n.inserted, e.ts, e.device, e.sensor, e.value "
+            "FROM (SELECT count(*) AS inserted FROM fresh) AS n LEFT JOIN ("
+            "SELECT r.ts, r.device, r.sensor, r.value FROM readings AS r JOIN input AS i "
+            "ON r.ts = i.ts AND r.device = i.device AND r.sensor = i.sensor) AS e ON true"
+        )
+    return _PG_SQL["move"]
+
+
+def _insert_postgresql(conn: Connection, rows: Sequence[Reading]) -> tuple[int, dict[tuple, float]]:
+    """Insert ``rows`` on PostgreSQL in one statement; returns (inserted, existing values)."""
+    sql = _postgresql_sql(conn)
+    params = (
+        [r.ts for r in rows],
+        [r.device for r in rows],
+        [r.sensor for r in rows],
+        [r.value for r in rows],
     )
     cursor = conn.connection.dbapi_connection.cursor()
     try:
-        cursor.execute(create)
-        with cursor.copy(f"COPY {_PG_STAGE.name} ({', '.join(names)}) FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row(r)
-        cursor.execute(str(move.compile(dialect=dialect)))
-        inserted = cursor.rowcount
-        cursor.execute(f"TRUNCATE {_PG_STAGE.name}")
+        cursor.execute(sql, params)
+        result = cursor.fetchall()
     finally:
         cursor.close()
-    return _checked_count(inserted, len(rows))
+    inserted = result[0][0]
+    existing = {(ts, d, s): v for _, ts, d, s, v in result if ts is not None}
+    return _checked_count(inserted, len(rows)), existing
 
 
 def _checked_count(rowcount: int | None, attempted: int) -> int:
