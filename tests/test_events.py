@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from scoring.features import PREDICTION_COLUMNS
-from shared.blobs import predictions_blob
+from shared.blobs import chunk_blob, predictions_blob
 from shared.db.schema import anomaly_events, predictions
 from shared.events import (
     CLOSED,
@@ -54,9 +54,10 @@ def gap5(ctx):
     return ctx
 
 
-def predictions_file(window: Window, flags: dict, sensors=(A, B)) -> bytes:
+def predictions_file(window: Window, flags: dict, sensors=(A, B), chunk: bool = False) -> bytes:
     """A predictions file as the scoring step writes it: every minute of ``window`` for each
-    sensor; ``flags[(device, sensor)]`` maps flagged minutes to their score (others 0.1)."""
+    sensor; ``flags[(device, sensor)]`` maps flagged minutes to their score (others 0.1).
+    With ``chunk``, the chunk file of the same sensors and buckets instead."""
     rows = []
     for device, sensor in sensors:
         flagged = flags.get((device, sensor), {})
@@ -81,6 +82,12 @@ def predictions_file(window: Window, flags: dict, sensors=(A, B)) -> bytes:
         else:  # aggregates: any number will do, the events read scores and flags
             columns[name] = pd.Series(1.0, index=frame.index)
     table = pa.Table.from_pandas(pd.DataFrame(columns), preserve_index=False)
+    if chunk:  # the chunk file the run's preparation would have written for these rows
+        table = table.drop_columns(["score", "is_anomaly"]).append_column(
+            "model_file", pa.array(["set.npz"] * table.num_rows)
+        )
+    else:  # recording checks that a file is the chunk's own
+        table = table.replace_schema_metadata({"scoring.chunk_id": "c00000"})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
@@ -113,6 +120,11 @@ def record(ctx, window: Window, flags: dict, sensors=(A, B), attempt: int = 1) -
             ],
         )
         records.update_run(conn, run.run_id, n_chunks=1, status=records.SCORING)
+    ctx.store.upload(
+        ctx.settings.chunks_container,
+        chunk_blob(run.run_id, "c00000"),
+        predictions_file(window, {}, sensors, chunk=True),
+    )
     ctx.store.upload(
         ctx.settings.predictions_container,
         predictions_blob(run.run_id, "c00000"),

@@ -8,11 +8,27 @@ up to date (``shared.events``), all in that transaction. Delivered twice, the se
 finds the chunk recorded with the same ETag and changes nothing; even without an ETag it
 rewrites the same rows and recomputes the same events.
 
-A file that cannot be parsed, or does not belong to a known chunk, is recorded as a failed chunk
-(or a run error) with its reason and the function returns normally: raising would only make
-the host retry the same bad file five times and then park it in a poison queue. The one case
-that raises is a predictions file whose errors file has not arrived yet (Azure ML's mounted
-outputs may upload the two out of order): then a retry is exactly what is wanted.
+The file is checked before anything is written, because a blob name is only a claim (anyone
+with write access to the container, or a copy gone wrong, can put any file under any name):
+
+* its ``scoring.chunk_id`` metadata names this chunk;
+* every column is there with its type (``is_anomaly`` boolean, ``score`` a float in [0, 1],
+  keys and counts without nulls), no (device, sensor, bucket) appears twice;
+* its rows are exactly the chunk's in-window buckets (the chunk file in the chunks container
+  lists them, with each sensor's model version) of every sensor not listed in its errors file,
+  so another run's or chunk's file, a truncated copy or a file with foreign sensors or buckets
+  outside the run's window cannot pass;
+* its errors file (when it says sensors failed) is readable and names the chunk's sensors.
+
+A file that fails a check is a failed delivery, recorded with its reason: a chunk not yet
+recorded is marked failed (a later good file still records it); a chunk already recorded keeps
+its rows, status and counts (a bad redelivery is refused and logged, never half-applied). A
+file matching no chunk of a known run is logged and changes nothing. Neither raises: raising
+would only make the host retry the same bad file five times and then park it in a poison
+queue while the run stalls. What does raise, so that the host retries, are transient faults
+(SQL or storage unreachable, see ``shared.db.retry.is_transient``) and a predictions file
+whose errors file has not arrived yet (Azure ML's mounted outputs may upload the two out of
+order).
 """
 
 from __future__ import annotations
@@ -25,15 +41,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from azure.core.exceptions import ResourceNotFoundError
 from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.exc import DBAPIError
 
-from scoring.features import ERROR_COLUMNS, PREDICTION_COLUMNS
+from scoring.features import CONTEXT_COLUMN, ERROR_COLUMNS, PREDICTION_COLUMNS
 from shared.alerts import deliver_quietly, enqueue_for_chunk
 from shared.blobs import errors_blob, parse_predictions_blob
 from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db.bulk import bulk_insert
+from shared.db.retry import error_class, is_transient
 from shared.db.schema import predictions, run_chunks, run_errors
 from shared.events.tracking import update_events_for_chunk
 from shared.runs import records
@@ -45,10 +65,27 @@ KIND_CHUNK = "chunk_error"
 KIND_FOREIGN = "foreign_file"
 META_ERRORS = b"scoring.errors"
 META_CHUNK_ERROR = b"scoring.chunk_error"  # set by scoring.score for an unreadable chunk
+META_CHUNK_ID = b"scoring.chunk_id"  # set by scoring.score: whose file this is
+KEYS = ("device", "sensor", "bucket_us", "model_version")
+# Reasons are stored (VARCHAR(max)/TEXT) but also logged and shown: keep them readable.
+MAX_REASON = 4000
 
 
 class ErrorsFileMissing(RuntimeError):
     """The predictions file says sensors failed but its errors file is not there (yet)."""
+
+
+class DeliveryRefused(ValueError):
+    """A predictions file (or its errors file) that no retry can make recordable."""
+
+
+@dataclass
+class Delivery:
+    """A checked predictions file: rows in ``PREDICTION_ROW`` order and the sensor errors."""
+
+    rows: list[tuple]
+    anomalies: int
+    sensor_errors: list[tuple[str | None, str | None, str, str]]
 
 
 @dataclass
@@ -67,7 +104,6 @@ def record_predictions_blob(
     ctx: AppContext, name: str, data: bytes, etag: str | None = None
 ) -> RecordResult:
     """Record one predictions blob (``name`` with or without the container prefix)."""
-    settings = ctx.settings
     parsed = parse_predictions_blob(name)
     if parsed is None:
         log.warning("ignoring a blob that is not a predictions file", extra={"blob": name})
@@ -83,50 +119,50 @@ def record_predictions_blob(
             )
         ).one_or_none()
     if chunk is None:
+        # Not one of the run's chunks: nothing of any run is touched (a stray or hostile file
+        # must not add errors to a run, finished or not); the log says what was ignored.
         reason = f"predictions file {name} matches no chunk of a known run"
         log.warning(reason, extra=context)
-        if records.get_run(ctx.engine, run_id) is not None:
-            with ctx.engine.begin() as conn:
-                _replace_errors(conn, run_id, chunk_id, [(None, None, KIND_FOREIGN, reason)])
         return RecordResult("foreign", run_id, chunk_id, reason=reason)
     if chunk.status == records.CHUNK_RECORDED and etag is not None and chunk.etag == etag:
         log.info("predictions already recorded", extra=context)
         return RecordResult("duplicate", run_id, chunk_id, rows=chunk.n_predictions)
 
+    run = records.get_run(ctx.engine, run_id)
     try:
-        table = pq.read_table(io.BytesIO(data))
-        metadata = table.schema.metadata or {}
-        chunk_error = metadata.get(META_CHUNK_ERROR)
-        if chunk_error:
-            raise ValueError(f"the scoring step could not score the chunk: {chunk_error.decode()}")
-        missing = [c for c in PREDICTION_COLUMNS if c not in table.column_names]
-        if missing:
-            raise ValueError(f"predictions file lacks column(s) {', '.join(missing)}")
-        n_errors = int(metadata.get(META_ERRORS, b"0") or 0)
-    except Exception as exc:  # noqa: BLE001 - a bad file fails its chunk with the reason
-        reason = f"unreadable predictions file: {exc}"
-        log.warning(reason, extra=context)
-        fail_chunks(ctx, run_id, [chunk_id], reason)
-        run = records.get_run(ctx.engine, run_id)
-        return RecordResult(
-            "failed_chunk", run_id, chunk_id, reason=reason, run_status=run.status if run else None
+        delivery = _check_delivery(ctx, run, chunk, data)
+    except DeliveryRefused as exc:
+        return _refuse(ctx, run_id, chunk_id, str(exc))
+    rows, anomalies, sensor_errors = delivery.rows, delivery.anomalies, delivery.sensor_errors
+    try:
+        return _write(ctx, name, etag, run_id, chunk_id, rows, anomalies, sensor_errors)
+    except DBAPIError as exc:
+        if is_transient(exc):
+            raise  # SQL unreachable or a deadlock victim: the host's retry is the cure
+        # Refused by the database (a constraint, a value it cannot store): the transaction
+        # rolled back, so nothing of it was written; the file is at fault, not the moment.
+        return _refuse(
+            ctx,
+            run_id,
+            chunk_id,
+            f"predictions file refused by the database: {error_class(exc)}: "
+            f"{str(exc.orig or exc).splitlines()[0] if str(exc.orig or exc) else ''}",
         )
 
-    sensor_errors: list[tuple[str | None, str | None, str, str]] = []
-    if n_errors:
-        name_in_container = errors_blob(run_id, chunk_id)
-        if not ctx.store.exists(settings.predictions_container, name_in_container):
-            raise ErrorsFileMissing(
-                f"{name_in_container} not found although {n_errors} sensor(s) failed; retrying"
-            )
-        errors = pq.read_table(
-            io.BytesIO(ctx.store.download(settings.predictions_container, name_in_container))
-        )
-        cols = [errors.column(c).to_pylist() for c in ERROR_COLUMNS]
-        sensor_errors = [(d, s, KIND_SENSOR, r) for d, s, r in zip(*cols, strict=True)]
 
-    rows = _prediction_rows(table, run_id, chunk_id)
-    anomalies = int(np.count_nonzero(table.column("is_anomaly").to_numpy(zero_copy_only=False)))
+def _write(
+    ctx: AppContext,
+    name: str,
+    etag: str | None,
+    run_id: str,
+    chunk_id: str,
+    rows: list[tuple],
+    anomalies: int,
+    sensor_errors: list[tuple],
+) -> RecordResult:
+    """Replace the chunk's rows, errors and events and recount the run, in one transaction."""
+    settings = ctx.settings
+    context = {"run_id": run_id, "chunk_id": chunk_id}
     with ctx.engine.begin() as conn:
         conn.execute(
             delete(predictions).where(
@@ -205,16 +241,267 @@ PREDICTION_ROW = (
 )
 
 
-def _prediction_rows(table: pa.Table, run_id: str, chunk_id: str) -> list[tuple]:
-    """Rows for the predictions table in ``PREDICTION_ROW`` order (naive-UTC bucket starts)."""
-    bucket = table.column("bucket_start")
-    if pa.types.is_timestamp(bucket.type) and bucket.type.tz is not None:
-        bucket = bucket.cast(pa.timestamp("us"))
-    columns = [
-        bucket.to_pylist() if name == "bucket_start" else table.column(name).to_pylist()
+def _refuse(ctx: AppContext, run_id: str, chunk_id: str, reason: str) -> RecordResult:
+    """A failed delivery: fail the chunk with ``reason`` unless it is already recorded, in
+    which case its rows, status and counts stay as they are (the refusal is logged)."""
+    context = {"run_id": run_id, "chunk_id": chunk_id, "reason": reason[:MAX_REASON]}
+    failed = fail_chunks(ctx, run_id, [chunk_id], reason)
+    run = records.get_run(ctx.engine, run_id)
+    status = run.status if run else None
+    if failed:
+        log.warning("predictions file refused; chunk failed", extra=context)
+        return RecordResult("failed_chunk", run_id, chunk_id, reason=reason, run_status=status)
+    log.warning("predictions file refused; the chunk's recorded rows are kept", extra=context)
+    return RecordResult("refused", run_id, chunk_id, reason=reason, run_status=status)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:500] if text else ''}"
+
+
+def _storage_read(read, what: str):
+    """``read()`` of a blob: a missing blob is the delivery's problem (refused); any other
+    storage failure (unreachable, throttled, forbidden) is the moment's and is raised."""
+    try:
+        return read()
+    except ResourceNotFoundError:
+        raise DeliveryRefused(f"{what} not found") from None
+
+
+def _check_delivery(ctx: AppContext, run: records.Run, chunk, data: bytes) -> Delivery:
+    """Parse and check a predictions file against its chunk (see the module docstring).
+
+    Raises :class:`DeliveryRefused` with the reason for anything no retry can fix; storage and
+    SQL faults propagate.
+    """
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+        raise DeliveryRefused(f"unreadable predictions file: {_describe(exc)}") from None
+    metadata = table.schema.metadata or {}
+    declared = metadata.get(META_CHUNK_ID)
+    if declared is None:
+        raise DeliveryRefused("predictions file refused: no scoring.chunk_id metadata")
+    if declared != chunk.chunk_id.encode():
+        raise DeliveryRefused(
+            "predictions file refused: it is chunk "
+            f"{declared.decode('utf-8', 'replace')[:80]!r}'s file, not {chunk.chunk_id!r}'s"
+        )
+    chunk_error = metadata.get(META_CHUNK_ERROR)
+    if chunk_error:
+        raise DeliveryRefused(
+            "the scoring step could not score the chunk: "
+            + chunk_error.decode("utf-8", "replace")[:MAX_REASON]
+        )
+    try:
+        n_errors = int(metadata.get(META_ERRORS, b"0") or 0)
+        if n_errors < 0:
+            raise ValueError("negative")
+    except ValueError:
+        raise DeliveryRefused(
+            f"predictions file refused: scoring.errors is {metadata.get(META_ERRORS)!r}, "
+            "not a count"
+        ) from None
+    missing = [c for c in PREDICTION_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DeliveryRefused(f"unreadable predictions file: lacks column(s) {', '.join(missing)}")
+    columns = {name: _typed_column(table, name) for name in PREDICTION_COLUMNS}
+    score = columns["score"]
+    bad_score = pc.sum(pc.invert(pc.and_(pc.greater_equal(score, 0.0), pc.less_equal(score, 1.0))))
+    if (bad_score.as_py() or 0) or pc.any(pc.is_nan(score)).as_py():
+        raise DeliveryRefused("predictions file refused: score outside [0, 1] (or NaN)")
+
+    keys = pa.table(
+        {
+            "device": columns["device"],
+            "sensor": columns["sensor"],
+            "bucket_us": columns["bucket_start"].cast(pa.int64()),
+            "model_version": columns["model_version"],
+        }
+    )
+    counted = keys.group_by(list(KEYS[:3])).aggregate([([], "count_all")])
+    repeated = counted.filter(pc.greater(counted["count_all"], 1))
+    if repeated.num_rows:
+        raise DeliveryRefused(
+            f"predictions file refused: {repeated.num_rows} (device, sensor, bucket) key(s) "
+            f"appear more than once, e.g. {_key_text(repeated)}"
+        )
+
+    expected = _chunk_keys(ctx, run, chunk)
+    foreign = keys.join(expected, keys=list(KEYS), join_type="left anti")
+    if foreign.num_rows:
+        raise DeliveryRefused(
+            f"predictions file refused: {foreign.num_rows} row(s) are not buckets of this "
+            f"chunk's sensors in the run's window with their model version, e.g. "
+            f"{_key_text(foreign)}"
+        )
+    sensor_errors = _sensor_errors(ctx, chunk, n_errors, expected)
+    failed = pa.table(
+        {
+            "device": pa.array([d for d, _, _, _ in sensor_errors], pa.string()),
+            "sensor": pa.array([s for _, s, _, _ in sensor_errors], pa.string()),
+        }
+    )
+    scored_failed = keys.join(failed, keys=["device", "sensor"], join_type="left semi")
+    if scored_failed.num_rows:
+        raise DeliveryRefused(
+            "predictions file refused: it has rows of sensors its errors file lists as "
+            f"failed, e.g. {_key_text(scored_failed)}"
+        )
+    absent = expected.join(keys, keys=list(KEYS), join_type="left anti").join(
+        failed, keys=["device", "sensor"], join_type="left anti"
+    )
+    if absent.num_rows:
+        raise DeliveryRefused(
+            f"predictions file refused: {absent.num_rows} in-window bucket(s) of the chunk's "
+            f"sensors are neither predicted nor listed as failed (a truncated or partial "
+            f"file?), e.g. {_key_text(absent)}"
+        )
+
+    bucket = columns["bucket_start"].cast(pa.timestamp("us"))  # naive UTC, as stored
+    values = [
+        bucket.to_pylist() if name == "bucket_start" else columns[name].to_pylist()
         for name in PREDICTION_ROW[2:]
     ]
-    return [(run_id, chunk_id, *values) for values in zip(*columns, strict=True)]
+    rows = [(chunk.run_id, chunk.chunk_id, *row) for row in zip(*values, strict=True)]
+    anomalies = int(pc.sum(columns["is_anomaly"].cast(pa.int64())).as_py() or 0)
+    return Delivery(rows, anomalies, sensor_errors)
+
+
+_STRINGS = (pa.types.is_string, pa.types.is_large_string)
+
+
+def _typed_column(table: pa.Table, name: str) -> pa.ChunkedArray:
+    """Column ``name`` in its canonical type, or :class:`DeliveryRefused` with the reason.
+
+    Only lossless conversions are made (a dictionary of strings to strings, any integer width
+    to int64, float32 to float64, any timestamp unit to microseconds); a string where a number
+    or a boolean belongs, a float where an integer belongs, or a null in a key, count, score or
+    flag is refused: stored as it is, the engines would each read it differently.
+    """
+    column = table.column(name)
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+        column = column.cast(kind)
+    nullable = name in ("mean", "min", "max", "std")
+    try:
+        if name in ("device", "sensor"):
+            ok = any(test(kind) for test in _STRINGS)
+            target = pa.string()
+        elif name == "bucket_start":
+            ok = pa.types.is_timestamp(kind)
+            target = pa.timestamp("us", tz=kind.tz) if ok else None
+        elif name in ("count", "model_version"):
+            ok = pa.types.is_integer(kind)
+            target = pa.int64()
+        elif name == "is_anomaly":
+            ok = pa.types.is_boolean(kind)
+            target = pa.bool_()
+        elif name == "score":
+            ok = pa.types.is_floating(kind)
+            target = pa.float64()
+        else:  # aggregates: numbers, nulls allowed
+            ok = pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_null(kind)
+            target = pa.float64()
+        if not ok:
+            raise DeliveryRefused(
+                f"predictions file refused: column {name} is {column.type}, "
+                f"not {target or 'a timestamp'}"
+            )
+        column = column.cast(target)  # safe cast: raises rather than lose a value
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError) as exc:
+        raise DeliveryRefused(
+            f"predictions file refused: column {name} cannot be read as {target}: {_describe(exc)}"
+        ) from None
+    if not nullable and column.null_count:
+        raise DeliveryRefused(
+            f"predictions file refused: {column.null_count} null value(s) in column {name}"
+        )
+    return column
+
+
+def _key_text(table: pa.Table) -> str:
+    row = table.slice(0, 1).to_pylist()[0]
+    text = f"{row.get('device')!s:.80}/{row.get('sensor')!s:.80}"
+    if row.get("bucket_us") is not None:
+        text += f" at {np.datetime64(int(row['bucket_us']), 'us')}"
+    if row.get("model_version") is not None:
+        text += f" (model version {row['model_version']})"
+    return text
+
+
+def _chunk_keys(ctx: AppContext, run: records.Run, chunk) -> pa.Table:
+    """The (device, sensor, bucket_us, model_version) of the chunk file's in-window rows."""
+    settings = ctx.settings
+    data = _storage_read(
+        lambda: ctx.store.download(settings.chunks_container, chunk.blob_path),
+        f"chunk file {chunk.blob_path} (needed to check the predictions)",
+    )
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        bucket = table.column("bucket_start")
+        if not pa.types.is_timestamp(bucket.type):
+            raise ValueError(f"bucket_start is {bucket.type}")
+        bucket_us = bucket.cast(pa.timestamp("us", tz=bucket.type.tz)).cast(pa.int64())
+        keys = pa.table(
+            {
+                "device": table.column("device").cast(pa.string()),
+                "sensor": table.column("sensor").cast(pa.string()),
+                "bucket_us": bucket_us,
+                "model_version": table.column("model_version").cast(pa.int64()),
+            }
+        )
+    except Exception as exc:  # noqa: BLE001 - the chunk file itself is damaged
+        raise DeliveryRefused(
+            f"the chunk file {chunk.blob_path} cannot be read to check the predictions: "
+            f"{_describe(exc)}"
+        ) from None
+    epoch = np.datetime64(0, "us")
+    start = int((np.datetime64(run.window.start, "us") - epoch).astype(np.int64))
+    end = int((np.datetime64(run.window.end, "us") - epoch).astype(np.int64))
+    keep = pc.and_(pc.greater_equal(keys["bucket_us"], start), pc.less(keys["bucket_us"], end))
+    if CONTEXT_COLUMN in table.column_names:
+        keep = pc.and_(
+            keep, pc.invert(table.column(CONTEXT_COLUMN).cast(pa.bool_()).fill_null(False))
+        )
+    return keys.filter(keep)
+
+
+def _sensor_errors(
+    ctx: AppContext, chunk, n_errors: int, expected: pa.Table
+) -> list[tuple[str | None, str | None, str, str]]:
+    """The errors file's rows (``n_errors`` of them, each a sensor of the chunk)."""
+    if not n_errors:
+        return []
+    container = ctx.settings.predictions_container
+    name = errors_blob(chunk.run_id, chunk.chunk_id)
+    if not ctx.store.exists(container, name):
+        raise ErrorsFileMissing(f"{name} not found although {n_errors} sensor(s) failed; retrying")
+    data = _storage_read(lambda: ctx.store.download(container, name), f"errors file {name}")
+    try:
+        errors = pq.read_table(io.BytesIO(data))
+        cols = [errors.column(c).cast(pa.string()).to_pylist() for c in ERROR_COLUMNS]
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+        raise DeliveryRefused(f"unreadable errors file {name}: {_describe(exc)}") from None
+    listed = list(zip(*cols, strict=True))
+    if len(listed) != n_errors:
+        raise DeliveryRefused(
+            f"errors file {name} lists {len(listed)} sensor(s), the predictions file says "
+            f"{n_errors}"
+        )
+    sensors = set(zip(expected["device"].to_pylist(), expected["sensor"].to_pylist(), strict=True))
+    strangers = [(d, s) for d, s, _ in listed if (d, s) not in sensors]
+    if strangers:
+        d, s = strangers[0]
+        raise DeliveryRefused(
+            f"errors file {name} lists {len(strangers)} sensor(s) that are not the chunk's, "
+            f"e.g. {d!s:.80}/{s!s:.80}"
+        )
+    if len({(d, s) for d, s, _ in listed}) != len(listed):
+        raise DeliveryRefused(f"errors file {name} lists a sensor twice")
+    return [(d, s, KIND_SENSOR, str(r or "")[:MAX_REASON]) for d, s, r in listed]
 
 
 def _replace_errors(conn, run_id: str, chunk_id: str, errors: Sequence[tuple]) -> None:
@@ -237,33 +524,42 @@ def _replace_errors(conn, run_id: str, chunk_id: str, errors: Sequence[tuple]) -
                     "device": d,
                     "sensor": s,
                     "kind": k,
-                    "reason": str(r)[:4000],
+                    "reason": str(r)[:MAX_REASON],
                 }
                 for d, s, k, r in errors
             ],
         )
 
 
-def fail_chunks(ctx: AppContext, run_id: str, chunk_ids: Sequence[str], reason: str) -> None:
-    """Mark chunks failed (with a run error each) and recount the run."""
+def fail_chunks(ctx: AppContext, run_id: str, chunk_ids: Sequence[str], reason: str) -> list[str]:
+    """Mark chunks failed (with a run error each) and recount the run; returns the ids failed.
+
+    A chunk already recorded is left as it is, rows, errors and status: it has its result, and
+    a bad redelivery or a late give-up must not take it away. A chunk that is not recorded has
+    no predictions rows (recording writes them and the status in one transaction), so there is
+    nothing to delete.
+    """
+    failed = []
     with ctx.engine.begin() as conn:
         for chunk_id in chunk_ids:
-            conn.execute(
+            result = conn.execute(
                 update(run_chunks)
                 .where(
                     run_chunks.c.run_id == run_id,
                     run_chunks.c.chunk_id == chunk_id,
                     run_chunks.c.status != records.CHUNK_RECORDED,
                 )
-                .values(status=records.CHUNK_FAILED, error=reason[:4000], recorded_at=utcnow())
+                .values(
+                    status=records.CHUNK_FAILED, error=reason[:MAX_REASON], recorded_at=utcnow()
+                ),
+                execution_options={"preserve_rowcount": True},
             )
-            conn.execute(
-                delete(predictions).where(
-                    predictions.c.run_id == run_id, predictions.c.chunk_id == chunk_id
-                )
-            )
-            _replace_errors(conn, run_id, chunk_id, [(None, None, KIND_CHUNK, reason)])
-        records.refresh_counts(conn, run_id)
+            if result.rowcount == 1:
+                _replace_errors(conn, run_id, chunk_id, [(None, None, KIND_CHUNK, reason)])
+                failed.append(chunk_id)
+        if failed:
+            records.refresh_counts(conn, run_id)
+    return failed
 
 
 def json_summary(result: RecordResult) -> str:
