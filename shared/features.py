@@ -1,11 +1,13 @@
-"""Per device/sensor/bucket features, aggregated in SQL.
+"""Per device/sensor/bucket features, read from SQL.
 
 The feature *definition* lives in ``scoring.features`` (names and meaning, shared with the
-scoring step and training). This module is its SQL side: one GROUP BY over the readings of a
-half-open window ``[start, end)``, with buckets aligned to the epoch so that the same bucket has
-the same start whatever window asks for it.
+scoring step and training). This module is its SQL side: the buckets of a half-open window
+``[start, end)``, aligned to the epoch so that the same bucket has the same start whatever
+window asks for it, read from the per-bucket aggregates kept as readings arrive
+(``shared.aggregates``): one row per sensor and bucket, however often sensors report. Only a
+bucket that the window cuts in two is grouped from raw readings.
 
-SQL computes count, mean, min, max and the mean of squares (AVG(value*value)); the population
+SQL returns count, mean, min, max and the mean of squares (sum_sq / count); the population
 standard deviation is derived from the last two in numpy. SQLite has no STDEV function, and
 this keeps one portable query; in float64 the cancellation error is ~1e-16 * mean^2, far below
 any spread that matters (a stuck sensor still comes out at std ~1e-6 of its level, not 0.3).
@@ -14,15 +16,16 @@ any spread that matters (a stuck sensor still comes out at std ~1e-6 of its leve
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
-from sqlalchemy import Connection, Float, and_, cast, func, or_, select
+from sqlalchemy import Connection, Float, and_, cast, func, or_, select, union_all
 
 from scoring.features import AGGREGATES
+from shared.aggregates import check_width
 from shared.db.dialects import binary_ordered, bucket_index
-from shared.db.schema import readings
+from shared.db.schema import bucket_aggregates, readings
 
 EPOCH = datetime(1970, 1, 1)
 # Sensor filters up to this long are sent as a list (2 parameters each); longer ones as the range
@@ -37,7 +40,69 @@ def features_query(
     devices: Sequence[str] | None = None,
     sensors: Sequence[tuple[str, str]] | None = None,
 ):
-    """The aggregation statement for ``[start, end)``, optionally for some devices/sensors."""
+    """The features statement for ``[start, end)``, optionally for some devices/sensors.
+
+    Whole buckets come from ``bucket_aggregates`` (one row per sensor and bucket, mean =
+    sum / count, mean of squares = sum_sq / count); a bucket the window cuts (an on-demand
+    window not aligned to ``bucket_seconds``) is grouped from the readings inside the window,
+    as before, so the result is the raw aggregation's. Columns: device, sensor, bucket (index),
+    count, mean, min, max, mean_sq; ordered by device, sensor, bucket.
+    """
+    w = int(bucket_seconds)
+    start, end = _naive_utc(start), _naive_utc(end)
+    first = _bucket_ceil(start, w)  # start of the first whole bucket
+    last = bucket_floor(end, w)  # end of the last whole bucket
+    parts = []
+    if first <= last:
+        if first < last:
+            parts.append(_from_aggregates(first, last, w, devices, sensors))
+        if start < first:
+            parts.append(_from_readings(start, first, w, devices, sensors))
+        if last < end:
+            parts.append(_from_readings(last, end, w, devices, sensors))
+    if not parts:  # within one bucket, or empty
+        parts.append(_from_readings(start, end, w, devices, sensors))
+    if len(parts) == 1:
+        query = parts[0]
+        return query.order_by(*(query.selected_columns[c] for c in ("device", "sensor", "bucket")))
+    # The parts hold different buckets, so a UNION ALL needs no merging; order by position
+    # names the columns the way every engine accepts for a compound select.
+    union = union_all(*parts)
+    return union.order_by(*(union.selected_columns[c] for c in ("device", "sensor", "bucket")))
+
+
+def _naive_utc(ts: datetime) -> datetime:
+    return ts if ts.tzinfo is None else ts.astimezone(UTC).replace(tzinfo=None)
+
+
+def _bucket_ceil(ts: datetime, bucket_seconds: int) -> datetime:
+    floor = bucket_floor(ts, bucket_seconds)
+    return floor if floor == ts else floor + timedelta(seconds=bucket_seconds)
+
+
+def _from_aggregates(start, end, bucket_seconds, devices, sensors):
+    """Whole buckets in ``[start, end)`` (both bucket-aligned) from ``bucket_aggregates``."""
+    a = bucket_aggregates
+    count = cast(a.c["count"], Float())
+    query = select(
+        a.c.device,
+        a.c.sensor,
+        bucket_index(a.c.bucket_start, bucket_seconds).label("bucket"),
+        a.c["count"].label("count"),
+        (a.c["sum"] / count).label("mean"),
+        a.c["min"].label("min"),
+        a.c["max"].label("max"),
+        (a.c.sum_sq / count).label("mean_sq"),
+    ).where(
+        a.c.bucket_seconds == int(bucket_seconds),
+        a.c.bucket_start >= start,
+        a.c.bucket_start < end,
+    )
+    return _filtered(query, a.c.device, a.c.sensor, devices, sensors)
+
+
+def _from_readings(start, end, bucket_seconds, devices, sensors):
+    """Buckets grouped from raw readings in ``[start, end)``: the cut edges of a window."""
     # GROUP BY repeats the expression, not the alias: SQL Server accepts only that form.
     bucket = bucket_index(readings.c.ts, bucket_seconds)
     value = cast(readings.c.value, Float())
@@ -54,20 +119,23 @@ def features_query(
         )
         .where(readings.c.ts >= start, readings.c.ts < end)
         .group_by(readings.c.device, readings.c.sensor, bucket)
-        .order_by(readings.c.device, readings.c.sensor, bucket)
     )
+    return _filtered(query, readings.c.device, readings.c.sensor, devices, sensors)
+
+
+def _filtered(query, device_column, sensor_column, devices, sensors):
     if devices:
-        query = query.where(readings.c.device.in_(list(devices)))
+        query = query.where(device_column.in_(list(devices)))
     if sensors and len(sensors) <= MAX_LISTED_SENSORS:
         query = query.where(
-            or_(*(and_(readings.c.device == d, readings.c.sensor == s) for d, s in sensors))
+            or_(*(and_(device_column == d, sensor_column == s) for d, s in sensors))
         )
     elif sensors:
         # A long list (a training batch of thousands of sensors) becomes the (device, sensor)
         # range it spans, and aggregate_features drops the rows of sensors not in the list:
         # SQL Server takes at most 2100 parameters, and a 10,000-term OR is evaluated on every
-        # reading. Compared by code point, so Python's min and max bound it on every engine.
-        query = query.where(sensor_range(readings.c.device, readings.c.sensor, sensors))
+        # row. Compared by code point, so Python's min and max bound it on every engine.
+        query = query.where(sensor_range(device_column, sensor_column, sensors))
     return query
 
 
@@ -97,6 +165,7 @@ def aggregate_features(
     Columns: device, sensor, bucket_start (timestamp[us, UTC]), count, mean, min, max, std;
     sorted by device, sensor, bucket_start.
     """
+    check_width(conn, bucket_seconds)  # BUCKET_SECONDS changed: refuse, do not read partial
     query = features_query(start, end, bucket_seconds, devices, sensors)
     result = conn.execute(query)
     rows = result.fetchall()
