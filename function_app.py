@@ -17,6 +17,7 @@ import azure.functions as func
 # (bench/bench_coldstart.py; tests/test_worker_index.py imports those lazy imports too).
 from shared.context import get_context
 from shared.logs import configure_logging
+from shared.routes import declared_routes
 from shared.settings import Settings
 
 # Read and validate every setting now: a malformed one raises SettingsError naming the setting
@@ -196,3 +197,36 @@ def get_anomaly(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="openapi.json", methods=["GET"])
 def openapi(req: func.HttpRequest) -> func.HttpResponse:
     return _http("openapi_handler")(req)
+
+
+# Timer: alerts left in the outbox (a receiver was down, or the send after a recording was cut
+# short) are sent here, with their backoff; every 5 minutes, a query when nothing is due.
+@app.function_name("deliver_alerts")
+@app.schedule(arg_name="timer", schedule="0 */5 * * * *", run_on_startup=False, use_monitor=False)
+def deliver_alerts(timer: func.TimerRequest) -> None:
+    from shared.alerts.delivery import deliver_pending
+
+    ctx = get_context()
+    if not ctx.settings.alerts.enabled:
+        return
+    report = deliver_pending(ctx.engine, ctx.settings)
+    log.info("deliver_alerts done", extra=report.as_dict())
+
+
+# Declared routes (shared.routes): alert rules, mutes, the delivery log, feedback. Each is
+# registered from its declaration, which the OpenAPI document is derived from as well.
+def _declared(route):
+    def call(req: func.HttpRequest) -> func.HttpResponse:
+        from shared import api
+
+        return api.handle(route.resolve(), get_context(), req)
+
+    call.__name__ = route.name
+    call.__qualname__ = route.name
+    return call
+
+
+for _route in declared_routes():
+    app.function_name(_route.name)(
+        app.route(route=_route.path, methods=[_route.method])(_declared(_route))
+    )

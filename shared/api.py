@@ -258,6 +258,10 @@ def get_run_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse
     body = run.as_dict()
     body["errors"] = records.run_errors_of(ctx.engine, run_id, limit=100)
     body["report_url"] = _status_url(req, run_id) + "/report"
+    # Notifications this run's recording raised (shared.alerts): a failing receiver shows here.
+    from shared.alerts import run_alert_summary
+
+    body["alerts"] = run_alert_summary(ctx.engine, run_id)
     return _json(body)
 
 
@@ -319,7 +323,21 @@ def anomalies_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpRespon
         min_score=min_score,
     )
     events = list_events(ctx.engine, filters, limit=_limit(req))
-    return _json({"events": [_event_body(req, e) for e in events]})
+    from shared.feedback import feedback_for  # each event's latest verdict (shared.feedback)
+
+    with ctx.engine.connect() as conn:
+        given = feedback_for(conn, [e.event_id for e in events])
+    return _json(
+        {
+            "events": [
+                {**_event_body(req, e), "verdict": _verdict(given.get(e.event_id))} for e in events
+            ]
+        }
+    )
+
+
+def _verdict(feedback) -> str | None:
+    return feedback[-1].verdict if feedback else None
 
 
 def anomaly_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
@@ -331,7 +349,20 @@ def anomaly_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse
     if event is None:
         return error(404, f"no anomaly event {event_id!r}")
     buckets, truncated = event_buckets(ctx.engine, event)
-    return _json({**_event_body(req, event), "buckets": buckets, "buckets_truncated": truncated})
+    # Operators' verdicts on it, oldest first (shared.feedback).
+    from shared.feedback import feedback_for
+
+    with ctx.engine.connect() as conn:
+        given = [f.as_dict() for f in feedback_for(conn, [event_id]).get(event_id, [])]
+    return _json(
+        {
+            **_event_body(req, event),
+            "verdict": given[-1]["verdict"] if given else None,
+            "feedback": given,
+            "buckets": buckets,
+            "buckets_truncated": truncated,
+        }
+    )
 
 
 def report_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
@@ -345,7 +376,10 @@ def report_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
 
 
 def openapi_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
-    return _json(OPENAPI)
+    from shared.routes import openapi_document
+
+    # OPENAPI below, with the declared routes (alerts, feedback: shared.routes) merged in.
+    return _json(openapi_document(OPENAPI))
 
 
 _ERROR = {"$ref": "#/components/schemas/Error"}

@@ -144,16 +144,40 @@ def test_unknown_run_is_404(ctx):
 def test_openapi_document_is_valid(ctx):
     from openapi_spec_validator import validate
 
+    from tests.helpers import functions_by_name
+
     status, spec = call("openapi", path="openapi.json")
     assert status == 200
     validate(spec)
+    from shared.routes import declared_routes
+
     assert set(spec["paths"]) == {
         "/runs",
         "/runs/{run_id}",
         "/runs/{run_id}/report",
         "/anomalies",
         "/anomalies/{event_id}",
+        # Derived from the declared routes (alerts, feedback), as registered with the app.
+        "/alerts",
+        "/alerts/rules",
+        "/alerts/rules/{rule_id}",
+        "/alerts/mute",
+        "/alerts/unmute",
+        "/anomalies/{event_id}/feedback",
+        "/feedback/summary",
+        "/feedback/sensitivities",
     }
+    documented = {
+        (path, method.upper())
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in ("get", "post", "delete")
+    }
+    for route in declared_routes():
+        assert ("/" + route.path, route.method) in documented
+        binding = functions_by_name()[route.name].get_dict_repr()["bindings"][0]
+        methods = [getattr(m, "value", m) for m in binding["methods"]]
+        assert binding["route"] == route.path and methods == [route.method]
 
 
 def test_http_functions_use_function_keys():
