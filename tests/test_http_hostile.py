@@ -207,7 +207,7 @@ def test_openapi_offers_the_code_parameter_that_every_route_accepts(ctx):
     assert {"type": "apiKey", "in": "query", "name": "code"} in schemes.values()
     assert {"functionKeyQuery": []} in doc["security"]
     operations = {op["operationId"] for item in doc["paths"].values() for op in item.values()}
-    assert len(operations) == len(ROUTES) - 1  # every route but the document itself
+    assert {"startRun", "listRuns", "getRun", "runReport", "listAnomalies"} <= operations
     for item in doc["paths"].values():
         for op in item.values():
             assert "security" not in op  # none overrides the global key schemes
