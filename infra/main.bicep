@@ -128,6 +128,21 @@ param streamAnalyticsStreamingUnits int = 3
 @description('Deploy the Event Grid subscription to `record_predictions` from here. Only true once the app code is deployed (the webhook key exists only then); the azd postdeploy hook does the same without it.')
 param predictionsSubscriptionEnabled bool = false
 
+// ---- Alerts ------------------------------------------------------------------------------------
+
+@description('HTTPS webhooks that receive signed alert notifications, comma-separated (optional; the Event Grid topic is always there).')
+param alertsWebhookUrls string = ''
+
+@secure()
+@description('HMAC-SHA256 key the webhook bodies are signed with (at least 16 characters; required with alertsWebhookUrls).')
+param alertsWebhookSecret string = ''
+
+@allowed([
+  'cloudevents'
+  'teams'
+])
+param alertsWebhookFormat string = 'cloudevents'
+
 // ---- names -------------------------------------------------------------------------------------
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -151,6 +166,7 @@ var names = {
   functionApp: 'func-${resourceToken}'
   streamAnalytics: 'asa-${resourceToken}'
   systemTopic: 'evgt-${resourceToken}'
+  alertsTopic: 'evgt-alerts-${resourceToken}'
 }
 
 // Flex Consumption deploys the app package from this container (functionAppConfig.deployment).
@@ -271,6 +287,18 @@ module azureml 'app/azureml.bicep' = {
   }
 }
 
+// The alerts topic (CloudEvents 1.0) and EventGrid Data Sender for the app's identity.
+module alerts 'app/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    name: names.alertsTopic
+    location: location
+    tags: tags
+    publisherPrincipalId: identity.outputs.principalId
+  }
+}
+
 module functionApp 'app/function-app.bicep' = {
   name: 'function-app'
   scope: rg
@@ -302,6 +330,10 @@ module functionApp 'app/function-app.bicep' = {
     azureMLIdleSeconds: computeIdleSeconds
     maximumInstanceCount: functionMaximumInstanceCount
     instanceMemoryMB: functionInstanceMemoryMB
+    alertsTopicEndpoint: alerts.outputs.endpoint
+    alertsWebhookUrls: alertsWebhookUrls
+    alertsWebhookSecret: alertsWebhookSecret
+    alertsWebhookFormat: alertsWebhookFormat
   }
 }
 

@@ -97,3 +97,21 @@ def test_azd_environment_carries_the_clusters_settings_as_bicep_made_it():
         "azureMLVmPriority == 'LowPriority' ? 'low_priority' : 'dedicated'"
         in app_settings["AZUREML_TIER"]
     )
+
+
+def test_alerts_topic_takes_cloudevents_from_the_apps_identity_only():
+    """The alerts topic (infra/app/alerts.bicep): CloudEvents 1.0 input, no access keys, the
+    built-in EventGrid Data Sender role for the Function App's identity, and its endpoint in
+    the app setting the publisher reads (shared.alerts.delivery)."""
+    alerts = (INFRA / "app" / "alerts.bicep").read_text()
+    assert "'Microsoft.EventGrid/topics@" in alerts
+    assert "inputSchema: 'CloudEventSchemaV1_0'" in alerts
+    assert "disableLocalAuth: true" in alerts
+    # EventGrid Data Sender's built-in role id, assigned on the topic.
+    assert "d5a91429-5739-47e2-a06b-3470a27159e7" in alerts and "scope: topic" in alerts
+    main = (INFRA / "main.bicep").read_text()
+    assert "publisherPrincipalId: identity.outputs.principalId" in main
+    assert "alertsTopicEndpoint: alerts.outputs.endpoint" in main
+    app = (INFRA / "app" / "function-app.bicep").read_text()
+    assert "ALERTS_EVENTGRID_ENDPOINT: alertsTopicEndpoint" in app
+    assert bicep_params(INFRA / "main.bicep")["alertsWebhookFormat"]["default"] == "'cloudevents'"

@@ -60,6 +60,14 @@ param maximumInstanceCount int = 100
 ])
 param instanceMemoryMB int = 2048
 
+@description('Endpoint of the Event Grid custom topic alerts are published to (alerts.bicep).')
+param alertsTopicEndpoint string = ''
+@description('HTTPS webhooks for signed alerts, comma-separated (optional).')
+param alertsWebhookUrls string = ''
+@secure()
+param alertsWebhookSecret string = ''
+param alertsWebhookFormat string = 'cloudevents'
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -110,6 +118,13 @@ var appSettings = {
   // An anomaly event (one alarm) ends after this many buckets of its sensor without a flag.
   EVENT_GAP_BUCKETS: '300'
   EVENT_REST_BUCKETS: '300'
+  // Alerts (shared.alerts): the Event Grid topic (identity-based), optional signed webhooks, and
+  // the app's URL for the report links in each notification.
+  ALERTS_EVENTGRID_ENDPOINT: alertsTopicEndpoint
+  ALERTS_WEBHOOK_URLS: alertsWebhookUrls
+  ALERTS_WEBHOOK_SECRET: alertsWebhookSecret
+  ALERTS_WEBHOOK_FORMAT: alertsWebhookFormat
+  ALERTS_BASE_URL: 'https://${functionApp.properties.defaultHostName}'
   LOG_LEVEL: 'INFO'
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
