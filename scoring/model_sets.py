@@ -45,9 +45,10 @@ Two formats:
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
+import re
+import sys
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -184,14 +185,50 @@ def model_set_filename(set_id: str, format: str) -> str:
 # --------------------------------------------------------------------------- trust checks
 
 
+_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+# Module path components that are never a place for a model's class, and whose import runs
+# code that is not a library's definitions: a package's command line (``__main__``, e.g.
+# ``numpy.f2py.__main__`` runs f2py and raises SystemExit), build and code-generation tools,
+# test suites and their helpers (any component with "test" in it: tests, testing, _testing,
+# _testutils, conftest is listed apart).
+_REFUSED_COMPONENTS = frozenset({"f2py", "distutils", "conftest", "setup"})
+
+
+def _name_refusal(type_name: str) -> str | None:
+    """Why ``type_name`` cannot be on the allow-list, judged from the string alone (None: it
+    may be checked further). Nothing is imported."""
+    if not _TYPE_NAME.fullmatch(type_name):
+        return "not a dotted Python name"
+    parts = type_name.split(".")
+    if parts[0] not in TRUSTED_MODULE_ROOTS:
+        return "outside the allowed packages"
+    for part in parts:
+        if part.startswith("__") and part.endswith("__"):
+            return f"names {part}"
+        if part in _REFUSED_COMPONENTS or "test" in part.lower():
+            return f"inside {part}"
+    return None
+
+
 def _resolve(type_name: str) -> Any:
-    """Import the object named ``package.module.Qualname`` (only from trusted packages)."""
+    """The object named ``package.module.Qualname``; call only for names that passed
+    :func:`_name_refusal` (so only library modules of trusted packages are imported)."""
+    import importlib.util
+
     parts = type_name.split(".")
     for split in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:split]))
-        except ImportError:
-            continue
+        module_name = ".".join(parts[:split])
+        module = sys.modules.get(module_name)
+        if module is None:
+            try:
+                # find_spec imports the parent packages only: a name that is not a module
+                # is not imported as one.
+                if importlib.util.find_spec(module_name) is None:
+                    continue
+            except (ImportError, ValueError, AttributeError):
+                continue
+            module = importlib.import_module(module_name)
+        obj = module
         for attr in parts[split:]:
             obj = getattr(obj, attr)
         return obj
@@ -203,27 +240,37 @@ def check_trusted_types(
 ) -> list[str]:
     """Return `untrusted` if every type is allow-listed, else raise :class:`UntrustedModelError`.
 
-    A type is allowed when it is named in `extra_trusted`, or when its top-level package is in
-    :data:`TRUSTED_MODULE_ROOTS` and the name resolves to a class. Only names under those
-    packages are imported to check them, so the check itself runs no stored code.
+    A type is allowed when it is named in `extra_trusted`, or when its name passes the checks
+    on the string (a dotted name under one of :data:`TRUSTED_MODULE_ROOTS`, no dunder
+    component such as ``__main__``, not inside a build tool or test suite) and it then resolves
+    to a class of those packages. The string checks come first and nothing is imported for a
+    name that fails them, so a model file cannot make the check itself import (and run) a
+    module of its choosing; any failure while resolving, whatever its type, rejects the name.
     """
     extra = set(extra_trusted)
-    names = list(untrusted)
+    names = [str(name) for name in untrusted]
     rejected = []
     for name in names:
         if name in extra:
             continue
-        if name.split(".", 1)[0] in TRUSTED_MODULE_ROOTS:
+        if _name_refusal(name) is None:
             try:
-                if isinstance(_resolve(name), type):
+                obj = _resolve(name)
+                module = getattr(obj, "__module__", "") or ""
+                if (
+                    isinstance(obj, type)
+                    and not issubclass(obj, BaseException)
+                    and module.split(".", 1)[0] in TRUSTED_MODULE_ROOTS
+                ):
                     continue
-            except (ImportError, AttributeError):
+            except Exception:  # noqa: BLE001 - a name that does not resolve is rejected
                 pass
         rejected.append(name)
     if rejected:
         raise UntrustedModelError(
             "refusing to load model: it contains types outside the allow-list "
-            f"(classes from {', '.join(TRUSTED_MODULE_ROOTS)}): {', '.join(sorted(rejected))}"
+            f"(classes from {', '.join(TRUSTED_MODULE_ROOTS)}): "
+            f"{', '.join(sorted(n[:200] for n in rejected))}"
         )
     return names
 
@@ -821,7 +868,11 @@ class SkopsModelSet(ModelSet):
                 scores[pos, :count] = anomaly_scores(
                     estimator, float(self.thresholds[index]), X[pos, :count]
                 )
-            except Exception as exc:  # noqa: BLE001 - any model failure is data, not a crash
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - any model failure is data, not a crash
+                # SystemExit, GeneratorExit included: code reached through a stored model
+                # must not end the scoring step.
                 failures[pos] = _describe(exc)
         return SensorScores(scores, failures)
 

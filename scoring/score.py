@@ -182,8 +182,8 @@ class ModelSetCache:
         if key not in self._sets:
             try:
                 entry: ModelSet | Exception = load_model_set(path)
-            except Exception as exc:  # noqa: BLE001 - remembered: every sensor of it fails
-                entry = exc
+            except BaseException as exc:  # noqa: BLE001 - remembered: every sensor of it fails
+                entry = _as_model_failure(exc)
             self._sets[key] = entry
             while len(self._sets) > self.max_sets:
                 self._sets.popitem(last=False)
@@ -196,6 +196,23 @@ class ModelSetCache:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _as_model_failure(exc: BaseException) -> Exception:
+    """An exception raised by model code (loading, looking up or scoring a stored model), as an
+    ordinary failure of the sensors concerned.
+
+    Model files are data from storage, and the libraries that read them may raise anything:
+    ``SystemExit`` (a module's command line run on import), ``GeneratorExit``, an exception
+    group. None of them may end the scoring step or skip the rest of a chunk, so everything
+    but ``KeyboardInterrupt`` (an operator stopping the step) becomes the sensor's or chunk's
+    failure with its reason.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
+    if isinstance(exc, Exception):
+        return exc
+    return RuntimeError(f"the model raised {_describe(exc)}")
 
 
 def chunk_id_of(path: str | os.PathLike) -> str:
@@ -301,21 +318,40 @@ def score_chunk(
     try:
         table, context, sensitivity = _read_chunk(chunk_path, use_threads)
     except Exception as exc:  # noqa: BLE001 - any unreadable chunk is reported, not raised
-        reason = f"chunk file could not be read: {_describe(exc)}"
-        log.error("chunk %s: %s", chunk_id, reason)
-        _write_errors(output_dir, chunk_id, [None], [None], [reason], chunk_unreadable=True)
-        # An empty predictions file carrying the reason: whoever records predictions (the blob
-        # trigger fires on this file) learns that the chunk failed, on any executor.
-        empty = (
-            pa.schema([(name, _PREDICTION_TYPES[name]) for name in PREDICTION_COLUMNS])
-            .empty_table()
-            .replace_schema_metadata(
-                {METADATA_CHUNK_ID: chunk_id, METADATA_ERRORS: "0", METADATA_CHUNK_ERROR: reason}
-            )
-        )
-        _write_parquet_atomic(empty, output_dir / f"{chunk_id}{PREDICTIONS_SUFFIX}")
-        return ChunkResult(chunk_id, error=reason)
+        return _fail_chunk(output_dir, chunk_id, f"chunk file could not be read: {_describe(exc)}")
+    try:
+        return _score_table(table, context, sensitivity, chunk_id, output_dir, models)
+    except BaseException as exc:  # noqa: BLE001 - the boundary: see _as_model_failure
+        failure = _as_model_failure(exc)
+        return _fail_chunk(output_dir, chunk_id, f"chunk could not be scored: {_describe(failure)}")
 
+
+def _fail_chunk(output_dir: Path, chunk_id: str, reason: str) -> ChunkResult:
+    """Write a failed chunk's outputs: an errors file with the reason and an empty predictions
+    file carrying it (whoever records predictions, the blob trigger fires on this file, learns
+    that the chunk failed, on any executor)."""
+    log.error("chunk %s: %s", chunk_id, reason)
+    _write_errors(output_dir, chunk_id, [None], [None], [reason], chunk_unreadable=True)
+    empty = (
+        pa.schema([(name, _PREDICTION_TYPES[name]) for name in PREDICTION_COLUMNS])
+        .empty_table()
+        .replace_schema_metadata(
+            {METADATA_CHUNK_ID: chunk_id, METADATA_ERRORS: "0", METADATA_CHUNK_ERROR: reason}
+        )
+    )
+    _write_parquet_atomic(empty, output_dir / f"{chunk_id}{PREDICTIONS_SUFFIX}")
+    return ChunkResult(chunk_id, error=reason)
+
+
+def _score_table(
+    table: pa.Table,
+    context: np.ndarray,
+    sensitivity,
+    chunk_id: str,
+    output_dir: Path,
+    models: ModelSetCache,
+) -> ChunkResult:
+    """Score a read chunk and write its outputs (the body of :func:`score_chunk`)."""
     n_rows = table.num_rows
     dev_codes, dev_dict, dev_null = _dictionary_codes(table["device"])
     sen_codes, sen_dict, sen_null = _dictionary_codes(table["sensor"])
@@ -389,14 +425,15 @@ def score_chunk(
         file_name = file_dict[file_code].as_py()
         try:
             model_set = models.get(file_name)
-        except Exception as exc:  # noqa: BLE001 - the set's sensors fail, the chunk goes on
-            fail(in_file, f"model set {file_name!r} could not be loaded: {_describe(exc)}")
+            model_index = model_set.lookup(
+                sensor_devices.take(pa.array(in_file)),
+                sensor_names.take(pa.array(in_file)),
+                sensor_versions[in_file],
+            )
+        except BaseException as exc:  # noqa: BLE001 - the set's sensors fail, the chunk goes on
+            failure = _as_model_failure(exc)
+            fail(in_file, f"model set {file_name!r} could not be loaded: {_describe(failure)}")
             continue
-        model_index = model_set.lookup(
-            sensor_devices.take(pa.array(in_file)),
-            sensor_names.take(pa.array(in_file)),
-            sensor_versions[in_file],
-        )
         absent = model_index < 0
         for pos in in_file[absent].tolist():
             failures.setdefault(
@@ -415,19 +452,23 @@ def score_chunk(
             if unknown:
                 fail(group, f"model uses features the chunk does not have: {unknown}")
                 continue
-            _score_group(
-                model_set,
-                names,
-                group,
-                group_models,
-                starts,
-                counts,
-                order,
-                feature,
-                scores,
-                scored_rows,
-                failures,
-            )
+            try:
+                _score_group(
+                    model_set,
+                    names,
+                    group,
+                    group_models,
+                    starts,
+                    counts,
+                    order,
+                    feature,
+                    scores,
+                    scored_rows,
+                    failures,
+                )
+            except BaseException as exc:  # noqa: BLE001 - these sensors fail, the chunk goes on
+                failure = _as_model_failure(exc)
+                fail(group, f"model set {file_name!r} failed while scoring: {_describe(failure)}")
 
     # ---- outputs: errors first, then predictions (the blob trigger fires on the latter)
     errors_path = output_dir / f"{chunk_id}{ERRORS_SUFFIX}"
@@ -658,9 +699,12 @@ def score_chunks(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit code.
 
-    0 whenever every chunk's outcome is in the output files, unreadable chunks included (their
-    reason travels in the predictions file): a failed exit would fail the Azure ML step and,
-    through it, chunks of the same run that scored fine.
+    0 whenever every chunk's outcome is in the output files, unreadable chunks and failing
+    models included (their reason travels in the predictions and errors files): a failed exit
+    would fail the Azure ML step and, through it, chunks of the same run that scored fine.
+    Non-zero only when the step could not do its job: an error outside any one chunk (the
+    output folder not writable, a worker process killed), or a chunk left without its
+    predictions file.
     """
     parser = argparse.ArgumentParser(
         prog="python -m scoring.score",
@@ -683,6 +727,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.chunks, args.models, args.output, chunk_files=args.chunk_files, workers=args.workers
     )
     print(summary.to_json(), flush=True)
+    output = Path(args.output)
+    chunks = _resolve_chunks(Path(args.chunks), args.chunk_files)
+    missing = [
+        chunk_id_of(path)
+        for path in chunks
+        if not (output / f"{chunk_id_of(path)}{PREDICTIONS_SUFFIX}").exists()
+    ]
+    if missing:
+        log.error("no predictions file for chunk(s) %s", ", ".join(missing))
+        return 1
     return 0
 
 
