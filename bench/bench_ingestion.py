@@ -1,14 +1,20 @@
 """Ingestion benchmark: readings per second through the Event Hubs-triggered function.
 
-JSON event bodies in, rows committed: batches of 100 events x 100 readings (10,000 readings per
-function call) from a simulated fleet, delivered to the function's user function as the host
-would, on SQLite (file, WAL) and on a real PostgreSQL server (fsync on), then the same batches
-delivered again (Event Hubs is at least once: the redelivery must insert nothing).
+JSON event bodies in, rows committed: batches of events from a simulated fleet, delivered to the
+function's user function as the host would, on SQLite (file, WAL) and on a real PostgreSQL
+server (fsync on), then the same batches delivered again (Event Hubs is at least once: the
+redelivery must insert nothing). Three shapes:
 
-    .venv/bin/python bench/bench_ingestion.py [--readings 500000]
+* ``100x1`` (the headline): 100 events of one reading each per call, as producers usually send
+  and as the host delivers with ``maxEventBatchSize`` 100;
+* ``1000x1``: 1000 events of one reading each (``maxEventBatchSize`` 1000);
+* ``100x100``: 100 events of 100 readings each (a producer that batches readings itself).
+
+    .venv/bin/python bench/bench_ingestion.py [--readings 200000] [--shapes 100x1,1000x1,100x100]
 
 Event bodies are built before timing starts; the timed part is exactly the function call:
-decode, validate, idempotent bulk insert, commit.
+decode, validate, idempotent bulk insert with the bucket aggregates' upkeep, commit. After each
+shape the aggregates are checked against the readings (counts and sums per bucket).
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ from shared.local.postgres import start_postgres  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.simulate import FleetSpec, iter_event_bodies, make_fleet  # noqa: E402
 
-EVENTS_PER_BATCH = 100
-READINGS_PER_EVENT = 100
+SHAPES = "100x1,1000x1,100x100"
 
 
-def make_batches(total: int) -> list[list[func.EventHubEvent]]:
+def make_batches(
+    total: int, events_per_batch: int, readings_per_event: int
+) -> list[list[func.EventHubEvent]]:
     sensors = 1000
     steps = max(1, total // sensors)
     end = datetime(2026, 4, 1, 12)
@@ -53,18 +60,27 @@ def make_batches(total: int) -> list[list[func.EventHubEvent]]:
         )
     )
     batches, batch = [], []
-    for seq, body in enumerate(iter_event_bodies(fleet, READINGS_PER_EVENT)):
+    for seq, body in enumerate(iter_event_bodies(fleet, readings_per_event)):
         batch.append(
             func.EventHubEvent(
                 body=body, sequence_number=seq, offset=str(seq), enqueued_time=datetime.now(UTC)
             )
         )
-        if len(batch) == EVENTS_PER_BATCH:
+        if len(batch) == events_per_batch:
             batches.append(batch)
             batch = []
     if batch:
         batches.append(batch)
     return batches
+
+
+def _reset_postgres(url: str) -> None:
+    """An empty public schema, so each shape starts from the same empty database."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    engine.dispose()
 
 
 def run(engine_url: str, connection_string: str, batches, label: str) -> dict:
@@ -89,7 +105,14 @@ def run(engine_url: str, connection_string: str, batches, label: str) -> dict:
         }
     with ctx.engine.connect() as conn:
         stored = conn.execute(sa.select(sa.func.count()).select_from(readings)).scalar_one()
+        inspector = sa.inspect(conn)
+        counted = (
+            conn.execute(sa.text("SELECT SUM(count) FROM bucket_aggregates")).scalar_one()
+            if inspector.has_table("bucket_aggregates")
+            else None
+        )
     assert stored == n, f"{label}: {stored} rows stored for {n} readings"
+    assert counted in (None, n), f"{label}: aggregates count {counted} readings of {n}"
     ctx.engine.dispose()
     set_context(None)
     return results
@@ -99,32 +122,51 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--readings", type=int, default=500_000)
+    parser.add_argument("--readings", type=int, default=200_000)
+    parser.add_argument(
+        "--shapes", default=SHAPES, help="EVENTSxREADINGS per call, comma-separated"
+    )
+    parser.add_argument("--engines", default="sqlite,postgresql")
     args = parser.parse_args()
     import logging
 
     logging.getLogger().setLevel(logging.WARNING)
-    batches = make_batches(args.readings)
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     azurite = start_azurite(tmp / "azurite")
-    postgres = start_postgres(durable=True)
+    engines = args.engines.split(",")
+    postgres = start_postgres(durable=True) if "postgresql" in engines else None
+    report: dict[str, dict] = {}
     try:
-        report = {
-            "sqlite": run(
-                f"sqlite:///{tmp / 'bench.db'}", azurite.connection_string, batches, "sqlite"
-            ),
-            "postgresql": run(postgres.url(), azurite.connection_string, batches, "postgresql"),
-        }
+        for shape in args.shapes.split(","):
+            events, per_event = (int(x) for x in shape.split("x"))
+            batches = make_batches(args.readings, events, per_event)
+            for engine in engines:
+                if engine == "sqlite":
+                    url = f"sqlite:///{tmp / f'bench-{shape}.db'}"
+                else:
+                    url = postgres.url()
+                    _reset_postgres(url)
+                report.setdefault(shape, {})[engine] = run(
+                    url, azurite.connection_string, batches, f"{engine} {shape}"
+                )
     finally:
         azurite.stop()
-        postgres.stop()
-    print(f"{'engine':<12}{'phase':<16}{'readings':>10}{'seconds':>10}{'readings/s':>12}")
-    for engine, phases in report.items():
-        for phase, r in phases.items():
-            print(
-                f"{engine:<12}{phase:<16}{r['readings']:>10,}{r['seconds']:>10.2f}"
-                f"{r['readings_per_s']:>12,}"
-            )
+        if postgres is not None:
+            postgres.stop()
+    print(
+        f"{'shape':<9}{'engine':<12}{'phase':<16}{'readings':>10}{'seconds':>10}"
+        f"{'readings/s':>12}{'ms/call':>9}"
+    )
+    for shape, engines_report in report.items():
+        events = int(shape.split("x")[0])
+        per_call = events * int(shape.split("x")[1])
+        for engine, phases in engines_report.items():
+            for phase, r in phases.items():
+                ms = 1000 * r["seconds"] / max(1, r["readings"] / per_call)
+                print(
+                    f"{shape:<9}{engine:<12}{phase:<16}{r['readings']:>10,}{r['seconds']:>10.2f}"
+                    f"{r['readings_per_s']:>12,}{ms:>9.2f}"
+                )
     print(json.dumps(report))
     return 0
 

@@ -160,7 +160,7 @@ def settings(env) -> Settings:
 def ctx(settings, mssql_check):
     """An app context on a migrated database and Azurite; installed for the trigger functions."""
     engine = engine_for_url(settings.sql_url)
-    migrate.upgrade(engine)
+    migrate.upgrade(engine, bucket_seconds=settings.bucket_seconds)
     mssql_check.attach(engine)
     from shared.blobs import BlobStore
 

@@ -60,7 +60,7 @@ def test_nab_replay_real_aws_cloudwatch(nab_env, azurite, mssql_check, tmp_path)
     from shared.settings import Settings
 
     ctx = AppContext.create(Settings.from_env(nab_env))
-    migrate.upgrade(ctx.engine)
+    migrate.upgrade(ctx.engine, bucket_seconds=ctx.settings.bucket_seconds)
     mssql_check.attach(ctx.engine)
     set_context(ctx)
     out = tmp_path / "results"

@@ -18,6 +18,7 @@ from shared.db.dialects import insert_if_absent, mssql_dialect
 from shared.db.engine import engine_for_url
 from shared.db.schema import metadata, readings
 from shared.ingestion import ingest_events
+from shared.ingestion.store import lookup_query
 from tests.helpers import event
 
 BARE_DATETIME = re.compile(r"\bDATETIME\b")  # DATETIME2 and DATETIMEOFFSET do not match
@@ -125,12 +126,12 @@ def test_reading_with_microseconds_survives_redelivery(ctx, mssql_check):
         rows = conn.execute(sa.select(readings.c.ts, readings.c.value)).all()
     assert rows == [(STORED, 1.5)]
     assert ctx.store.list(ctx.settings.deadletter_container) == []
-    # SQL Server's path (shared.ingestion.store): look the keys up, then insert-if-absent. The
-    # lookup compiled for mssql (the mssql_check fixture asserts it); the insert goes to the
-    # driver directly here, so it is compiled for mssql explicitly. Both compare ts with a
-    # DATETIME2(6) column, and the driver is handed the microseconds unrounded.
-    assert any("FROM readings" in sql and "readings.ts >=" in sql for sql in mssql_check.compiled)
+    # SQL Server's path (shared.ingestion.store): look the keys up, then insert the absent
+    # ones. Both are compiled for mssql explicitly (PostgreSQL's path sends neither). Both
+    # compare ts with a DATETIME2(6) column, and the driver is handed the microseconds unrounded.
     dialect = mssql_dialect()
+    lookup = str(lookup_query(STORED, STORED, ["dev-1"]).compile(dialect=dialect))
+    assert "FROM readings" in lookup and "readings.ts >=" in lookup
     insert = insert_if_absent(readings, ["ts", "device", "sensor"], "mssql").compile(
         dialect=dialect
     )

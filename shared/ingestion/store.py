@@ -169,7 +169,6 @@ _SQLITE_SQL: dict[str, str] = {}
 
 def _sqlite_sql(conn: Connection) -> dict[str, str]:
     if not _SQLITE_SQL:
-
         names = [c.name for c in readings.columns]
         if names != list(Reading._fields):
             raise RuntimeError(f"unexpected readings columns {names}")
@@ -282,8 +281,10 @@ def _postgresql_sql(conn: Connection) -> str:
             "sum_sq = bucket_aggregates.sum_sq + excluded.sum_sq) "
             "SELECT n.inserted, e.ts, e.device, e.sensor, e.value "
             "FROM (SELECT count(*) AS inserted FROM fresh) AS n LEFT JOIN ("
-            "SELECT r.ts, r.device, r.sensor, r.value FROM readings AS r JOIN input AS i "
-            "ON r.ts = i.ts AND r.device = i.device AND r.sensor = i.sensor) AS e ON true"
+            # LATERAL: one primary-key probe per input row, never a scan of readings.
+            "SELECT r.ts, r.device, r.sensor, r.value FROM input AS i CROSS JOIN LATERAL ("
+            "SELECT * FROM readings WHERE readings.ts = i.ts AND readings.device = i.device "
+            "AND readings.sensor = i.sensor) AS r) AS e ON true"
         )
     return _PG_SQL["move"]
 
@@ -314,6 +315,14 @@ def _checked_count(rowcount: int | None, attempted: int) -> int:
     return min(rowcount, attempted)
 
 
+def lookup_query(lo, hi, devices: Sequence[str]):
+    """Stored readings of ``devices`` with ``lo <= ts <= hi`` (the conflict and SQL Server
+    existence lookup)."""
+    return select(readings.c.ts, readings.c.device, readings.c.sensor, readings.c.value).where(
+        readings.c.ts >= lo, readings.c.ts <= hi, readings.c.device.in_(list(devices))
+    )
+
+
 def _existing_values(conn: Connection, rows: Sequence[Reading]) -> dict[tuple, float]:
     """Stored values of the keys of ``rows`` that exist (one range query per device group)."""
     keys = {(r.ts, r.device, r.sensor) for r in rows}
@@ -322,11 +331,7 @@ def _existing_values(conn: Connection, rows: Sequence[Reading]) -> dict[tuple, f
     devices = sorted({r.device for r in rows})
     found: dict[tuple, float] = {}
     for start in range(0, len(devices), LOOKUP_DEVICES):
-        query = select(readings.c.ts, readings.c.device, readings.c.sensor, readings.c.value).where(
-            readings.c.ts >= lo,
-            readings.c.ts <= hi,
-            readings.c.device.in_(devices[start : start + LOOKUP_DEVICES]),
-        )
+        query = lookup_query(lo, hi, devices[start : start + LOOKUP_DEVICES])
         for ts, device, sensor, value in conn.execute(query):
             if (ts, device, sensor) in keys:
                 found[(ts, device, sensor)] = value
