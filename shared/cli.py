@@ -142,6 +142,33 @@ def cmd_db(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_aggregates(args, settings: Settings) -> int:
+    """Rebuild the bucket aggregates of a width from readings (after BUCKET_SECONDS changed, or
+    for a time range written by something that bypassed ingestion), or check them."""
+    from shared import aggregates
+    from shared.db.engine import make_engine
+
+    engine = make_engine(settings)
+    width = args.bucket_seconds or settings.bucket_seconds
+    if args.action == "check":
+        with engine.connect() as conn:
+            aggregates.check_width(conn, width)
+            wrong = aggregates.compare_with_readings(conn, width)
+        print(f"{len(wrong)} bucket(s) differ from the readings at {width} s")
+        return 1 if wrong else 0
+    start = parse_utc(args.start) if args.start else None
+    end = parse_utc(args.end) if args.end else None
+    with engine.begin() as conn:
+        written = aggregates.rebuild(conn, width, start, end)
+        if args.drop_others:
+            for other in aggregates.widths(conn):
+                if other != width:
+                    aggregates.drop_width(conn, other)
+    with engine.connect() as conn:
+        print(f"{written} bucket rows at {width} s; maintained widths: {aggregates.widths(conn)}")
+    return 0
+
+
 def _fleet(args, end: datetime | None = None):
     from shared.simulate import FleetSpec, make_fleet
 
@@ -630,6 +657,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["upgrade", "sql"])
     p.add_argument("--url", default="mssql+pyodbc://", help="dialect URL for `db sql`")
     p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("aggregates", help="rebuild or check the bucket aggregates")
+    p.add_argument("action", choices=["rebuild", "check"])
+    p.add_argument("--bucket-seconds", type=int, help="width (default: BUCKET_SECONDS)")
+    p.add_argument("--start", help="rebuild only buckets from this time (UTC)")
+    p.add_argument("--end", help="rebuild only buckets before this time (UTC)")
+    p.add_argument("--drop-others", action="store_true", help="stop maintaining every other width")
+    p.set_defaults(func=cmd_aggregates)
 
     p = sub.add_parser("simulate", help="generate readings with injected anomalies")
     _fleet_options(p, devices=3, sensors=5, hours=4)
