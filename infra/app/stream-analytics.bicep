@@ -1,12 +1,22 @@
 // Stream Analytics: the primary ingestion path, Event Hubs -> Azure SQL, as in the reference
-// architecture. It averages each device/sensor over 5-second tumbling windows and writes one row
-// per window into dbo.readings (device nvarchar(64), sensor nvarchar(64), ts datetime2,
-// value float). `ts` is System.Timestamp(), i.e. the END of the 5-second window.
+// architecture. One job, two outputs:
+//   * a tumbling-window aggregate per device/sensor over BUCKET_SECONDS into dbo.bucket_aggregates
+//     (bucket_seconds, bucket_start, device, sensor, count, sum, min, max, sum_sq): the rows runs
+//     and training read, one per sensor and bucket (shared.aggregates);
+//   * the raw readings into dbo.readings, kept for audit, for rebuilding the aggregates when
+//     BUCKET_SECONDS changes (`aggregates rebuild`), and for the edge buckets of on-demand windows
+//     not aligned to buckets (grouped from readings, see shared.features).
+// bucket_start is the window's start (System.Timestamp() is its end). A window is emitted once,
+// when event time passes its end plus the out-of-order tolerance; a reading later than the
+// late-arrival tolerance is still stored raw but no longer reaches its closed window (the SQL
+// output is append-only): `python -m shared.cli aggregates rebuild --start --end` recounts such a
+// range from readings. The Event Hubs-triggered function is the exact path for any lateness (it
+// adds each reading it inserts to its bucket's row). Run one path, not both.
 //
 // Both sides authenticate with the job's system-assigned identity: Azure Event Hubs Data Receiver
 // on the namespace (rbac.bicep), and a contained database user created with T-SQL after
-// provisioning (infra/README.md). The job is created stopped; start it once the `readings` table
-// exists (after the Alembic migration), otherwise the output fails to validate.
+// provisioning (infra/README.md). The job is created stopped; start it once both tables exist
+// (after the Alembic migrations), otherwise the outputs fail to validate.
 
 param name string
 param location string = resourceGroup().location
@@ -19,13 +29,20 @@ param consumerGroupName string = 'asa'
 param sqlServerName string
 param sqlDatabaseName string
 param sqlTable string = 'dbo.readings'
+param sqlAggregatesTable string = 'dbo.bucket_aggregates'
+
+@description('Bucket width in seconds: the Function App\'s BUCKET_SECONDS (function-app.bicep); keep in step.')
+@minValue(1)
+@maxValue(86400)
+param bucketSeconds int = 60
 
 @description('Streaming units. 3 is valid both as 3 classic SUs and as 1/3 of an SU V2.')
 param streamingUnits int = 3
 
-// The query below names these two literally (multi-line strings do not interpolate): keep in step.
+// The query below names these literally: keep in step.
 var inputName = 'readings'
 var outputName = 'sqlreadings'
+var aggregatesOutputName = 'sqlaggregates'
 
 resource job 'Microsoft.StreamAnalytics/streamingjobs@2021-10-01-preview' = {
   name: name
@@ -90,26 +107,58 @@ resource job 'Microsoft.StreamAnalytics/streamingjobs@2021-10-01-preview' = {
           }
         }
       }
+      {
+        name: aggregatesOutputName
+        properties: {
+          datasource: {
+            type: 'Microsoft.Sql/Server/Database'
+            properties: {
+              server: sqlServerName
+              database: sqlDatabaseName
+              table: sqlAggregatesTable
+              authenticationMode: 'Msi'
+              maxWriterCount: 1
+              maxBatchCount: 10000
+            }
+          }
+        }
+      }
     ]
     transformation: {
-      name: 'average-5s'
+      name: 'bucket-aggregates'
       properties: {
         streamingUnits: streamingUnits
-        query: '''
+        // The width is spliced in (multi-line strings do not interpolate).
+        query: replace('''
 SELECT
     [device],
     [sensor],
-    System.Timestamp() AS [ts],
-    AVG([value]) AS [value]
+    [ts],
+    [value]
 INTO
     [sqlreadings]
+FROM
+    [readings]
+
+SELECT
+    __BUCKET_SECONDS__ AS [bucket_seconds],
+    DATEADD(second, -__BUCKET_SECONDS__, System.Timestamp()) AS [bucket_start],
+    [device],
+    [sensor],
+    COUNT(*) AS [count],
+    SUM([value]) AS [sum],
+    MIN([value]) AS [min],
+    MAX([value]) AS [max],
+    SUM([value] * [value]) AS [sum_sq]
+INTO
+    [sqlaggregates]
 FROM
     [readings] TIMESTAMP BY [ts]
 GROUP BY
     [device],
     [sensor],
-    TumblingWindow(second, 5)
-'''
+    TumblingWindow(second, __BUCKET_SECONDS__)
+''', '__BUCKET_SECONDS__', string(bucketSeconds))
       }
     }
   }
