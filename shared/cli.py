@@ -12,6 +12,8 @@ same trigger functions as the Functions host.
     python -m shared.cli tick                 fire the timer function once
     python -m shared.cli status RUN_ID | runs  one run, recent runs
     python -m shared.cli anomalies [show ID]  anomaly events (one per incident), or one event
+    python -m shared.cli alerts rules|mute|unmute|list|deliver   alert rules and notifications
+    python -m shared.cli feedback give|show|summary|sensitivities  operators' verdicts
     python -m shared.cli report RUN_ID        write the run's HTML report
     python -m shared.cli azureml provision    create/update the cluster and environment
 
@@ -751,6 +753,13 @@ def build_parser() -> argparse.ArgumentParser:
         "show", help="one event with every bucket of its span"
     )
     show.add_argument("event_id")
+
+    # Alerts and feedback (shared.alerts, shared.feedback) declare their own commands.
+    from shared.alerts.cli import add_parser as add_alerts_parser
+    from shared.feedback.cli import add_parser as add_feedback_parser
+
+    add_alerts_parser(sub)
+    add_feedback_parser(sub)
 
     p = sub.add_parser("report", help="write a run's HTML report (no RUN_ID: all recent runs)")
     p.add_argument("run_id", nargs="?")

@@ -275,6 +275,10 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
             f"<h2>Anomalous sensors{shown}</h2><p class=muted>Bucket mean (line), "
             f"min-max range (band), flagged buckets (red), anomaly events (shaded).</p>{plots}"
         )
+    # ---- operators (shared.feedback, shared.alerts): verdicts, precision, alert delivery
+    from shared.feedback.report import operator_sections
+
+    body.append(operator_sections(ctx, run_id, events))
     if errors:
         body.append(
             f"<h2>Errors ({len(errors)})</h2>"

@@ -174,15 +174,19 @@ def post_webhook(url: str, row, alerts: AlertSettings, session=None) -> None:
         raise RuntimeError(f"HTTP {answer.status_code}: {answer.text[:200]}")
 
 
+def _credential(settings: Settings):
+    """The app's identity (the managed identity in Azure, ``az login`` locally)."""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
+
+
 def eventgrid_publisher(settings: Settings, credential=None) -> Callable[[list[dict]], None]:
     """A function publishing CloudEvents (dicts as :func:`cloud_event` makes) to the topic."""
     from azure.core.messaging import CloudEvent
     from azure.eventgrid import EventGridPublisherClient
 
-    if credential is None:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
+    credential = credential or _credential(settings)
     client = EventGridPublisherClient(
         settings.alerts.eventgrid_endpoint, credential, connection_timeout=5, read_timeout=10
     )
