@@ -38,7 +38,9 @@ def replay(out: Path, detector: str, estimator: str | None) -> dict:
     ]  # fmt: skip
     if estimator:
         command += ["--estimator", estimator]
-    subprocess.run(command, cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return json.loads((out / f"{detector}_summary.json").read_text())
 
 

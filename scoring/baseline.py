@@ -254,12 +254,23 @@ class RobustBaseline:
     def set_params(self, **params) -> RobustBaseline:
         return self
 
-    def fit(self, X: np.ndarray, y=None) -> RobustBaseline:
+    def fit(self, X: np.ndarray, y=None, flagged: np.ndarray | None = None) -> RobustBaseline:
+        """Fit on one sensor's training buckets ``X`` (n, 5) in time order.
+
+        ``flagged`` marks buckets an earlier run flagged: they stay in the sequence (the recent
+        medians and the distribution of deviations need it; leaving them out measurably makes
+        the likelihood over-sensitive, since every flag then narrows it), but the range the
+        novelty rule calls normal is taken without them, so an anomaly in the training span
+        does not widen it.
+        """
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(FEATURES):
             raise ValueError(f"RobustBaseline needs columns {FEATURES}, got shape {X.shape}")
         level, low, high, spread, day = X.T
-        lo, hi = float(np.min(low)), float(np.max(high))
+        normal = np.ones(len(X), dtype=bool) if flagged is None else ~np.asarray(flagged, bool)
+        if normal.sum() < max(2, len(X) // 2):
+            normal[:] = True  # mostly flagged: no basis for a range without them
+        lo, hi = float(np.min(low[normal])), float(np.max(high[normal]))
         floor = max(NOISE_FLOOR * (hi - lo), 1e-9 * max(1.0, abs(hi), abs(lo)))
         profile = np.full(PROFILE_SLOTS, float(np.median(level)))
         seasonal, seasonal_scale = False, floor
@@ -287,8 +298,8 @@ class RobustBaseline:
             seasonal_scale=np.array([seasonal_scale]),
             raw_mean=np.zeros(1),
             raw_std=np.ones(1),
-            spread_low=np.array([float(np.min(spread))]),
-            spread_high=np.array([float(np.max(spread))]),
+            spread_low=np.array([float(np.min(spread[normal]))]),
+            spread_high=np.array([float(np.max(spread[normal]))]),
         )
         others = (low[None, :], high[None, :], spread[None, :])
         raw = np.log1p(deviations(level[None, :], day[None, :], params, others))[0]

@@ -179,6 +179,7 @@ def fit_sensor_model(
     target_false_alarm_rate: float = 0.001,
     max_fit_samples: int | None = MAX_FIT_SAMPLES,
     random_state: int = 0,
+    flagged: np.ndarray | None = None,
 ) -> SensorModel:
     """Fit one sensor's model on its training buckets and calibrate its threshold.
 
@@ -202,6 +203,10 @@ def fit_sensor_model(
         Fit on a random subset of at most this many buckets (calibration still uses all).
     random_state : int
         Seed of that subset.
+    flagged : ndarray of bool, shape (n_buckets,), optional
+        Buckets an earlier run flagged as anomalous. Graded detectors keep them for their
+        sequence and deviation statistics but not for the range they call normal
+        (``fit(X, flagged=...)``); other estimators are fitted and calibrated without them.
 
     Returns
     -------
@@ -231,6 +236,13 @@ def fit_sensor_model(
     finite = np.isfinite(X).all(axis=1)
     n_dropped = int((~finite).sum())
     X = X[finite]
+    flagged = (
+        np.zeros(len(X), dtype=bool)
+        if flagged is None
+        else np.asarray(flagged, dtype=bool).reshape(-1)[finite]
+    )
+    if not getattr(estimator, "graded", False) and flagged.any():
+        X, flagged = X[~flagged], flagged[~flagged]
     if len(X) < MIN_TRAINING_BUCKETS:
         raise ValueError(
             f"{device}/{sensor}: only {len(X)} usable training buckets "
@@ -240,10 +252,11 @@ def fit_sensor_model(
         # Graded detectors (scoring.baseline) calibrate themselves: their score is a tail
         # probability of the sensor's own training behaviour, fitted on every bucket in order.
         fitted = clone(estimator)
-        fitted.fit(X)
+        fitted.fit(X, flagged=flagged)
         calibration = {
             "n_samples": int(len(X)),
             "n_dropped": n_dropped,
+            "n_flagged": int(flagged.sum()),
             "n_fit_samples": int(len(X)),
             "score_kind": "graded",
             "threshold": 0.5,
