@@ -290,7 +290,6 @@ def train_models(
     interquartile ranges ignore a minority of anomalous buckets, and the novelty range accepts
     a value only after it has held (``scoring.baseline.ACCEPT_BUCKETS``).
     """
-    """
     from scoring.model_sets import model_set_filename
     from scoring.modeling import model_set_format, write_model_set
 
