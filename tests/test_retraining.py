@@ -16,8 +16,10 @@ import sqlalchemy as sa
 
 from shared.blobs import training_report_blob
 from shared.clock import utcnow
-from shared.db.schema import models, predictions, readings
+from shared.db.schema import models, predictions
 from shared.features import MAX_LISTED_SENSORS, aggregate_features
+from shared.ingestion.store import insert_readings
+from shared.ingestion.validation import Reading
 from shared.local.host import deliver_events, deliver_predictions, fire_timer
 from shared.models import registry
 from shared.models.training import train_models
@@ -286,11 +288,8 @@ def test_long_sensor_list_reads_exactly_those_sensors(ctx):
     names = [f"{a}{sep}{i}" for a in ("dev", "Dev", "DEV") for sep in "-_." for i in range(80)]
     pairs = [(d, f"s{sep}{j}") for d in names for j, sep in enumerate("-_A")][: 3 * len(names)]
     ts = T0 + timedelta(minutes=1)
-    with ctx.engine.begin() as conn:
-        conn.execute(
-            sa.insert(readings),
-            [{"ts": ts, "device": d, "sensor": s, "value": 1.0} for d, s in pairs],
-        )
+    # Through ingestion, which keeps the bucket aggregates that features read.
+    insert_readings(ctx.engine, [Reading(ts, d, s, 1.0) for d, s in pairs])
     wanted = rng.sample(pairs, MAX_LISTED_SENSORS + 200)
     with ctx.engine.connect() as conn:
         table = aggregate_features(conn, T0, T0 + HOUR, 60, sensors=wanted)
