@@ -115,6 +115,8 @@ def test_verdicts_are_stored_with_the_event_and_shown(gap5):
         ({"verdict": "expected", "span_start": "2026-03-03T00:00Z"}, 400, "go together"),
         ({"verdict": "confirmed", "comment": 5}, 400, "comment must be a string"),
         ({"verdict": "confirmed", "author": "x" * 201}, 400, "author must be"),
+        ({"verdict": "confirmed", "comment": "a\x00b"}, 400, "NUL"),
+        ({"verdict": "confirmed", "author": "\ud800"}, 400, "not valid Unicode"),
     ],
 )
 def test_bad_feedback_is_a_400(gap5, body, status, message):

@@ -189,7 +189,21 @@ def validate_fields(fields: dict[str, Any]) -> dict[str, Any]:
         value = out.get(name)
         if value is not None and (not isinstance(value, str) or len(value) > 500):
             raise RuleError(f"{name} must be a string of at most 500 characters")
+        if value is not None and not storable(value):
+            raise RuleError(f"{name} holds a NUL character or is not valid Unicode")
     return out
+
+
+def storable(text: str) -> bool:
+    """Whether every database can hold ``text``: no NUL (PostgreSQL refuses it), encodable as
+    UTF-8 (no lone surrogate)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def set_rule(

@@ -97,6 +97,11 @@ def give_feedback(
         raise FeedbackError(f"comment must be a string of at most {MAX_COMMENT} characters")
     if author is not None and (not isinstance(author, str) or len(author) > MAX_AUTHOR):
         raise FeedbackError(f"author must be a string of at most {MAX_AUTHOR} characters")
+    from shared.alerts.rules import storable
+
+    for name, value in (("comment", comment), ("author", author)):
+        if value is not None and not storable(value):
+            raise FeedbackError(f"{name} holds a NUL character or is not valid Unicode")
     if span is not None:
         if verdict != EXPECTED:
             raise FeedbackError("a span is given with verdict 'expected' only")
