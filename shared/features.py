@@ -15,7 +15,7 @@ any spread that matters (a stuck sensor still comes out at std ~1e-6 of its leve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -31,6 +31,9 @@ EPOCH = datetime(1970, 1, 1)
 # Sensor filters up to this long are sent as a list (2 parameters each); longer ones as the range
 # they span, filtered after the query (see features_query).
 MAX_LISTED_SENSORS = 500
+# Rows read from SQL per partition when streaming (stream_features): ~75 bytes each in Arrow,
+# ~600 as the driver's Python rows, so ~30 MiB transient per partition.
+STREAM_ROWS = 50_000
 
 
 def features_query(
@@ -165,14 +168,70 @@ def aggregate_features(
     Columns: device, sensor, bucket_start (timestamp[us, UTC]), count, mean, min, max, std;
     sorted by device, sensor, bucket_start.
     """
+    parts = list(stream_features(conn, start, end, bucket_seconds, devices, sensors))
+    if not parts:
+        return features_table([], bucket_seconds)
+    return pa.concat_tables(parts).combine_chunks()
+
+
+def stream_features(
+    conn: Connection,
+    start: datetime,
+    end: datetime,
+    bucket_seconds: int,
+    devices: Sequence[str] | None = None,
+    sensors: Sequence[tuple[str, str]] | None = None,
+    batch_rows: int = STREAM_ROWS,
+) -> Iterator[pa.Table]:
+    """The rows of ``aggregate_features`` as Arrow tables of about ``batch_rows`` rows, each
+    holding whole sensors (a sensor's rows are never split between two tables), in order.
+
+    Read from a server-side cursor (``stream_results``) in partitions of ``batch_rows``: at no
+    time does Python hold more than a partition of rows and the one sensor that straddles two
+    partitions, whatever the window and the fleet. Drivers without server-side cursors (SQLite,
+    pyodbc) step their cursor lazily, which bounds memory the same way.
+    """
     check_width(conn, bucket_seconds)  # BUCKET_SECONDS changed: refuse, do not read partial
     query = features_query(start, end, bucket_seconds, devices, sensors)
-    result = conn.execute(query)
-    rows = result.fetchall()
-    if sensors and len(sensors) > MAX_LISTED_SENSORS:
-        wanted = set(map(tuple, sensors))
-        rows = [r for r in rows if (r[0], r[1]) in wanted]
-    return features_table(rows, bucket_seconds)
+    wanted = set(map(tuple, sensors)) if sensors and len(sensors) > MAX_LISTED_SENSORS else None
+    result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(query)
+    pending: pa.Table | None = None
+    for rows in result.partitions():
+        table = features_table(rows, bucket_seconds)
+        if wanted is not None:
+            table = only_sensors(table, wanted)
+        if pending is not None and pending.num_rows:
+            table = pa.concat_tables([pending, table]).combine_chunks()
+        bounds = sensor_bounds(table)[2]
+        cut = (
+            int(bounds[-2]) if len(bounds) > 1 else 0
+        )  # where the last (maybe unfinished) sensor begins
+        if cut:
+            yield table.slice(0, cut)
+        pending = table.slice(cut)
+    if pending is not None and pending.num_rows:
+        yield pending
+
+
+def sensor_bounds(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Device and sensor of each row, and the row bounds of each sensor, in a table sorted by
+    (device, sensor): sensor i holds rows ``bounds[i]:bounds[i + 1]``."""
+    devices = table.column("device").to_numpy(zero_copy_only=False)
+    sensors = table.column("sensor").to_numpy(zero_copy_only=False)
+    if len(devices) == 0:
+        return devices, sensors, np.array([0])
+    change = np.flatnonzero((devices[1:] != devices[:-1]) | (sensors[1:] != sensors[:-1])) + 1
+    return devices, sensors, np.concatenate([[0], change, [len(devices)]])
+
+
+def only_sensors(table: pa.Table, wanted: set[tuple[str, str]]) -> pa.Table:
+    """The rows of the sensors in ``wanted`` (a table sorted by device and sensor)."""
+    devices, sensors, bounds = sensor_bounds(table)
+    keep = np.zeros(table.num_rows, dtype=bool)
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if (devices[a], sensors[a]) in wanted:
+            keep[a:b] = True
+    return table if keep.all() else table.filter(pa.array(keep))
 
 
 def features_table(rows: Sequence[tuple], bucket_seconds: int) -> pa.Table:

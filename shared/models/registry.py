@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert
 
 from shared.clock import utcnow
 from shared.db.schema import active_models, models
+from shared.features import MAX_LISTED_SENSORS, sensor_range
 
 
 class RegistryError(ValueError):
@@ -70,7 +71,13 @@ def active_models_for(
     devices: Sequence[str] | None = None,
     sensors: Sequence[tuple[str, str]] | None = None,
 ) -> dict[tuple[str, str], ActiveModel]:
-    """The active model of every sensor (optionally filtered), keyed by (device, sensor)."""
+    """The active model of every sensor (optionally filtered), keyed by (device, sensor).
+
+    With ``sensors``, only those sensors' models are read: SQL seeks the devices they belong to
+    (the key leads with device) within the (device, sensor) range they span, and the few rows of
+    that range that are not wanted are dropped here. So a caller that looks up one chunk of
+    sensors at a time reads about a chunk of rows, never the whole fleet's models.
+    """
     query = select(
         active_models.c.device,
         active_models.c.sensor,
@@ -87,6 +94,11 @@ def active_models_for(
     )
     if devices:
         query = query.where(active_models.c.device.in_(list(devices)))
+    if sensors:
+        query = query.where(sensor_range(active_models.c.device, active_models.c.sensor, sensors))
+        listed = sorted({d for d, _ in sensors})
+        if len(listed) <= MAX_LISTED_SENSORS:
+            query = query.where(active_models.c.device.in_(listed))
     out: dict[tuple[str, str], ActiveModel] = {}
     wanted = set(map(tuple, sensors)) if sensors else None
     for device, sensor, version, blob_path, fmt in conn.execute(query):

@@ -7,6 +7,9 @@ predictions. Only sensors with an active model and a bucket in the window are ch
 sensors with readings but no model are listed in the run's errors (kind ``no_model``), never
 silently skipped. Chunks hold ``SENSORS_PER_CHUNK`` sensors each, sorted by device and sensor,
 named ``c00000``, ``c00001``... so preparing the same run again rewrites the same blobs.
+
+Nothing holds the whole window: the aggregation is streamed from SQL a partition of whole sensors
+at a time and each chunk goes to blob as soon as it is full (see ``prepare_run``).
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from shared.blobs import chunk_blob
 from shared.context import AppContext
 from shared.db.schema import run_chunks, run_errors
 from shared.executors.base import ChunkRef
-from shared.features import aggregate_features
+from shared.features import sensor_bounds, stream_features
 from shared.feedback.service import chunk_with_sensitivity
-from shared.models.registry import active_models_for
+from shared.models.registry import ActiveModel, active_models_for
 from shared.runs.records import CHUNK_WRITTEN, Run
 
 KIND_NO_MODEL = "no_model"
@@ -42,23 +45,29 @@ class Prepared:
     seconds: dict[str, float]
 
 
-def _sensor_bounds(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row bounds of each sensor in a table sorted by (device, sensor)."""
-    devices = table.column("device").to_numpy(zero_copy_only=False)
-    sensors = table.column("sensor").to_numpy(zero_copy_only=False)
-    if len(devices) == 0:
-        return devices, sensors, np.array([0])
-    change = np.flatnonzero((devices[1:] != devices[:-1]) | (sensors[1:] != sensors[:-1])) + 1
-    return devices, sensors, np.concatenate([[0], change, [len(devices)]])
-
-
 def prepare_run(ctx: AppContext, run: Run) -> Prepared:
+    """Stream the window from SQL into chunks: memory holds one chunk and one read partition.
+
+    The aggregation is read from a server-side cursor in partitions of whole sensors
+    (``stream_features``); each partition's active models are looked up for its sensors alone
+    (on a second connection: SQL Server without MARS runs one statement per connection); a chunk
+    is written to blob as soon as it has ``SENSORS_PER_CHUNK`` sensors. So a run's peak memory
+    depends on ``SENSORS_PER_CHUNK`` x buckets, not on the number of sensors or chunks.
+    """
     settings = ctx.settings
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
+    timings = {"aggregate": 0.0, "write_chunks": 0.0}
     context_start = run.window.start - timedelta(seconds=CONTEXT_BUCKETS * settings.bucket_seconds)
-    with ctx.engine.connect() as conn:
-        table = aggregate_features(
+    window_start_us = int(
+        (run.window.start.replace(tzinfo=None) - datetime(1970, 1, 1)).total_seconds() * 1_000_000
+    )
+    per_chunk = settings.sensors_per_chunk
+    chunk_refs: list[ChunkRef] = []
+    chunk_rows: list[dict] = []
+    without_model: list[tuple[str, str]] = []
+    members: list[tuple[pa.Table, ActiveModel]] = []
+    n_sensors = 0
+    with ctx.engine.connect() as conn, ctx.engine.connect() as lookup:
+        stream = stream_features(
             conn,
             context_start,
             run.window.end,
@@ -66,77 +75,40 @@ def prepare_run(ctx: AppContext, run: Run) -> Prepared:
             run.filters.devices or None,
             run.filters.sensors or None,
         )
-        active = active_models_for(conn, run.filters.devices or None, run.filters.sensors or None)
-    timings["aggregate"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    devices, sensors, bounds = _sensor_bounds(table)
-    starts, ends = bounds[:-1], bounds[1:]
-    window_start_us = int(
-        (run.window.start.replace(tzinfo=None) - datetime(1970, 1, 1)).total_seconds() * 1_000_000
-    )
-    context = table.column("bucket_start").cast(pa.int64()).to_numpy() < window_start_us
-    table = table.append_column(CONTEXT_COLUMN, pa.array(context))
-    keep = np.zeros(table.num_rows, dtype=bool)
-    with_model: list[tuple[int, int, object]] = []
-    without_model: list[tuple[str, str]] = []
-    for a, b in zip(starts, ends, strict=True):
-        key = (str(devices[a]), str(sensors[a]))
-        if context[a:b].all():
-            continue  # history only: nothing of this sensor in the window
-        model = active.get(key)
-        if model is None:
-            without_model.append(key)
-        else:
-            keep[a:b] = True
-            with_model.append((int(a), int(b), model))
-
-    chunk_refs: list[ChunkRef] = []
-    chunk_rows = []
-    per_chunk = settings.sensors_per_chunk
-    for index, first in enumerate(range(0, len(with_model), per_chunk)):
-        members = with_model[first : first + per_chunk]
-        pieces = [table.slice(a, b - a) for a, b, _ in members]
-        part = pa.concat_tables(pieces)
-        lengths = [b - a for a, b, _ in members]
-        files = [m.model_file for _, _, m in members]
-        part = part.append_column(
-            "model_file", pa.array(np.repeat(np.array(files, dtype=object), lengths), pa.string())
-        ).append_column(
-            "model_version",
-            pa.array(
-                np.repeat(np.array([m.version for _, _, m in members], dtype=np.int64), lengths)
-            ),
-        )
-        part = part.select([*CHUNK_COLUMNS, CONTEXT_COLUMN]).replace_schema_metadata(
-            {SENSITIVITY_METADATA: repr(float(settings.sensitivity))}
-        )
-        # Per-sensor sensitivities raised by false-alarm feedback (shared.feedback), per row.
-        part = chunk_with_sensitivity(ctx.engine, part, settings.sensitivity)
-        buffer = io.BytesIO()
-        pq.write_table(part, buffer, compression="zstd")
-        chunk_id = f"c{index:05d}"
-        blob = chunk_blob(run.run_id, chunk_id)
-        ctx.store.upload(settings.chunks_container, blob, buffer.getvalue())
-        chunk_refs.append(ChunkRef(chunk_id, blob, tuple(sorted(set(files))), len(members)))
-        chunk_rows.append(
-            {
-                "run_id": run.run_id,
-                "chunk_id": chunk_id,
-                "blob_path": blob,
-                "n_sensors": len(members),
-                "n_rows": part.num_rows,
-                "status": CHUNK_WRITTEN,
-                "predictions_blob": None,
-                "etag": None,
-                "n_predictions": 0,
-                "n_anomalies": 0,
-                "n_errors": 0,
-                "error": None,
-                "recorded_at": None,
-            }
-        )
-    timings["write_chunks"] = time.perf_counter() - started
+        while True:
+            started = time.perf_counter()
+            table = next(stream, None)
+            timings["aggregate"] += time.perf_counter() - started
+            if table is None:
+                break
+            started = time.perf_counter()
+            devices, sensors, bounds = sensor_bounds(table)
+            context = table.column("bucket_start").cast(pa.int64()).to_numpy() < window_start_us
+            table = table.append_column(CONTEXT_COLUMN, pa.array(context))
+            scored = [
+                (int(a), int(b), (str(devices[a]), str(sensors[a])))
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+                if not context[a:b].all()  # history only: nothing of this sensor in the window
+            ]
+            active = (
+                active_models_for(lookup, sensors=[key for _, _, key in scored]) if scored else {}
+            )
+            for a, b, key in scored:
+                model = active.get(key)
+                if model is None:
+                    without_model.append(key)
+                    continue
+                members.append((table.slice(a, b - a), model))
+                n_sensors += 1
+                if len(members) == per_chunk:
+                    _write_chunk(ctx, run, len(chunk_refs), members, chunk_refs, chunk_rows)
+                    members = []
+            timings["write_chunks"] += time.perf_counter() - started
+        if members:
+            started = time.perf_counter()
+            _write_chunk(ctx, run, len(chunk_refs), members, chunk_refs, chunk_rows)
+            members = []
+            timings["write_chunks"] += time.perf_counter() - started
 
     with ctx.engine.begin() as conn:
         # Idempotent: preparing the same run again replaces its chunk rows and no-model list.
@@ -163,4 +135,53 @@ def prepare_run(ctx: AppContext, run: Run) -> Prepared:
                     for d, s in without_model
                 ],
             )
-    return Prepared(chunk_refs, len(with_model), without_model, timings)
+    return Prepared(chunk_refs, n_sensors, without_model, timings)
+
+
+def _write_chunk(
+    ctx: AppContext,
+    run: Run,
+    index: int,
+    members: list[tuple[pa.Table, ActiveModel]],
+    chunk_refs: list[ChunkRef],
+    chunk_rows: list[dict],
+) -> None:
+    """Write chunk ``index`` (its sensors' rows, context first, then model columns) to blob."""
+    settings = ctx.settings
+    part = pa.concat_tables([piece for piece, _ in members])
+    lengths = [piece.num_rows for piece, _ in members]
+    files = [m.model_file for _, m in members]
+    part = part.append_column(
+        "model_file", pa.array(np.repeat(np.array(files, dtype=object), lengths), pa.string())
+    ).append_column(
+        "model_version",
+        pa.array(np.repeat(np.array([m.version for _, m in members], dtype=np.int64), lengths)),
+    )
+    part = part.select([*CHUNK_COLUMNS, CONTEXT_COLUMN]).replace_schema_metadata(
+        {SENSITIVITY_METADATA: repr(float(settings.sensitivity))}
+    )
+    # Per-sensor sensitivities raised by false-alarm feedback (shared.feedback), per row.
+    part = chunk_with_sensitivity(ctx.engine, part, settings.sensitivity)
+    buffer = io.BytesIO()
+    pq.write_table(part, buffer, compression="zstd")
+    chunk_id = f"c{index:05d}"
+    blob = chunk_blob(run.run_id, chunk_id)
+    ctx.store.upload(settings.chunks_container, blob, buffer.getvalue())
+    chunk_refs.append(ChunkRef(chunk_id, blob, tuple(sorted(set(files))), len(members)))
+    chunk_rows.append(
+        {
+            "run_id": run.run_id,
+            "chunk_id": chunk_id,
+            "blob_path": blob,
+            "n_sensors": len(members),
+            "n_rows": part.num_rows,
+            "status": CHUNK_WRITTEN,
+            "predictions_blob": None,
+            "etag": None,
+            "n_predictions": 0,
+            "n_anomalies": 0,
+            "n_errors": 0,
+            "error": None,
+            "recorded_at": None,
+        }
+    )
