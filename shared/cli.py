@@ -415,6 +415,9 @@ def cmd_status(args, settings: Settings) -> int:
             return 2
         body = reconcile_run(ctx, run).as_dict()
         body["errors"] = records.run_errors_of(ctx.engine, args.run_id, limit=args.errors)
+        from shared.alerts import run_alert_summary  # notifications it raised (shared.alerts)
+
+        body["alerts"] = run_alert_summary(ctx.engine, args.run_id)
     print(json.dumps(body, indent=1))
     return 0
 

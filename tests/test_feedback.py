@@ -261,3 +261,38 @@ def test_a_false_alarm_is_not_raised_again_and_real_anomalies_still_are(ctx):
     truth = {(d, s) for d, s, _ in sc.truth()} - {(alarm.device, alarm.sensor)}
     found = {(e.device, e.sensor) for e in after}
     assert truth and truth <= found
+
+
+def test_migration_0005_on_a_database_at_the_previous_head(sql_url):
+    """A deployment one revision back gets the four tables; downgrading removes them again."""
+    from alembic import command
+
+    from shared.db import migrate
+    from shared.db.engine import engine_for_url
+
+    new = {"alert_rules", "alert_outbox", "anomaly_feedback", "sensor_sensitivity"}
+    engine = engine_for_url(sql_url)
+    migrate.upgrade(engine, "0005")
+    command.downgrade(migrate.alembic_config(engine), "-1")
+    assert not new & set(sa.inspect(engine).get_table_names())
+    migrate.upgrade(engine, "0005")
+    inspector = sa.inspect(engine)
+    assert new <= set(inspector.get_table_names())
+    outbox = {i["name"]: i["column_names"] for i in inspector.get_indexes("alert_outbox")}
+    assert outbox["ix_alert_outbox_status_next_attempt_at"] == ["status", "next_attempt_at"]
+    assert inspector.get_pk_constraint("sensor_sensitivity")["constrained_columns"] == [
+        "device",
+        "sensor",
+    ]
+    engine.dispose()
+
+
+def test_migration_0005_for_sql_server_uses_datetime2_and_identity():
+    from shared.db import migrate
+
+    script = migrate.offline_sql("mssql+pyodbc://", "0004:0005")
+    assert "CREATE TABLE alert_outbox" in script and "CREATE TABLE anomaly_feedback" in script
+    for column in ("next_attempt_at", "created_at"):
+        assert f"{column} DATETIME2(6) NOT NULL" in script
+    assert "feedback_id INTEGER NOT NULL IDENTITY" in script
+    assert "payload VARCHAR(max) NOT NULL" in script
