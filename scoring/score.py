@@ -27,6 +27,7 @@ blocks by :mod:`scoring.kernels`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -609,8 +610,57 @@ def worker_context(
     return context
 
 
+def bind_worker_lifetime() -> None:
+    """Make this pool worker die with the process that uses the pool (a worker initializer).
+
+    A worker is forked by the fork server, and the fork server runs until every holder of its
+    "alive" pipe has gone, the process that started it and each worker (they inherit a copy).
+    A worker blocked on its task queue when that process is killed would keep the pipe, so the
+    fork server, and so itself, alive for ever. So each worker drops its copy (the fork server
+    then exits as soon as the process that uses it is gone) and, on Linux, asks the kernel to
+    kill it when its parent, the fork server, exits (``PR_SET_PDEATHSIG``; the fork server is
+    single-threaded, so "parent" cannot mean a thread that ends early).
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if alive_fd is not None and multiprocessing.parent_process() is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive_fd)
+        server._forkserver_alive_fd = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        parent = os.getppid()
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+
+def terminate_pool(pool: ProcessPoolExecutor, timeout: float = 5.0) -> None:
+    """Shut a pool down without waiting on its workers: terminate them, then kill what is left.
+
+    For a pool that failed (a worker died, a task raised) or was interrupted: ``shutdown(wait=
+    True)`` can wait for ever on a worker that was never terminated (killed as the pool
+    started, the queues may be left in a state no one reads again)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout)
+
+
 def _init_worker(models_dir: str) -> None:
     global _worker_models
+    bind_worker_lifetime()
     _worker_models = ModelSetCache(models_dir)
 
 
@@ -675,12 +725,13 @@ def score_chunks(
         for path in paths:
             summary.add(score_chunk(path, output_dir, cache))
     else:
-        with ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             max_workers=min(workers, len(paths)),
             mp_context=worker_context(),
             initializer=_init_worker,
             initargs=(str(models_dir),),
-        ) as pool:
+        )
+        try:
             # Hand out runs of neighbouring chunks rather than single ones: neighbours tend to
             # share model sets, so each worker loads fewer sets; four runs per worker still
             # balance the load.
@@ -692,6 +743,10 @@ def score_chunks(
                 chunksize=batch,
             ):
                 summary.add(result)
+        except BaseException:
+            terminate_pool(pool)  # a dead worker must end the step, not hang it
+            raise
+        pool.shutdown(wait=True)
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -12,6 +12,7 @@ runs the same way.
 from __future__ import annotations
 
 import html
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
@@ -45,6 +46,10 @@ th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums
 """
 
 
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def _e(value) -> str:
     return html.escape("" if value is None else str(value))
 
@@ -76,11 +81,14 @@ def sensor_plot(
 ) -> str:
     """Inline SVG of one sensor's window: (bucket_start, mean, min, max, is_anomaly) points,
     with the spans of ``events`` (clipped to the window) shaded behind them."""
-    points = sorted(points)
+    points = sorted(points, key=lambda p: p[0])
     t0, t1 = points[0][0], points[-1][0]
     span = max((t1 - t0).total_seconds(), 1.0)
-    lows = [p[2] for p in points if p[2] is not None]
-    highs = [p[3] for p in points if p[3] is not None]
+    # Aggregates may be null (or NaN) in stored predictions: such buckets are left out of the
+    # line and band, and a flag on one sits on the axis (a report never fails on a value).
+    valued = [p for p in points if all(_finite(v) for v in p[1:4])]
+    lows = [p[2] for p in valued] or [0.0]
+    highs = [p[3] for p in valued] or [1.0]
     lo, hi = min(lows), max(highs)
     if hi == lo:
         lo, hi = lo - 1, hi + 1
@@ -94,14 +102,20 @@ def sensor_plot(
         return HEIGHT - PAD + (2 * PAD - HEIGHT) * (v - lo) / (hi - lo)
 
     band = (
-        " ".join(f"{x(p[0]):.1f},{y(p[3]):.1f}" for p in points)
+        " ".join(f"{x(p[0]):.1f},{y(p[3]):.1f}" for p in valued)
         + " "
-        + " ".join(f"{x(p[0]):.1f},{y(p[2]):.1f}" for p in reversed(points))
+        + " ".join(f"{x(p[0]):.1f},{y(p[2]):.1f}" for p in reversed(valued))
     )
-    line = " ".join(f"{x(p[0]):.1f},{y(p[1]):.1f}" for p in points)
+    line = " ".join(f"{x(p[0]):.1f},{y(p[1]):.1f}" for p in valued)
+
+    def number(value) -> str:
+        return f"{value:.3f}" if _finite(value) else "n/a"
+
     flags = "".join(
-        f"<circle class=flag cx={x(p[0]):.1f} cy={y(p[1]):.1f} r=4>"
-        f"<title>{p[0]:%H:%M} mean {p[1]:.3f} (min {p[2]:.3f}, max {p[3]:.3f})</title></circle>"
+        f"<circle class=flag cx={x(p[0]):.1f} "
+        f"cy={y(p[1]) if _finite(p[1]) else HEIGHT - PAD:.1f} r=4>"
+        f"<title>{p[0]:%H:%M} mean {number(p[1])} (min {number(p[2])}, max {number(p[3])})"
+        f"</title></circle>"
         for p in points
         if p[4]
     )

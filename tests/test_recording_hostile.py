@@ -338,3 +338,40 @@ def test_transient_faults_raise_for_the_hosts_retry_and_change_nothing(two_runs,
     with pytest.raises(OperationalError):
         record_predictions_blob(no_sql, name, good[(b, "c00000")], "etag-1")
     assert snapshot(ctx) == before
+
+
+def test_the_report_renders_flagged_buckets_with_null_or_nan_aggregates(two_runs):
+    """Issue 11, item 13: a flagged row whose mean is null made ``GET .../report`` a 500.
+    Aggregates are nullable in the schema (and NaN is a float); the page must still render."""
+    ctx, a, _, _ = two_runs
+    flagged = sa.and_(predictions.c.run_id == a, predictions.c.is_anomaly == sa.true())
+    with ctx.engine.begin() as conn:
+        first = conn.execute(
+            sa.select(predictions.c.device, predictions.c.sensor, predictions.c.bucket_start)
+            .where(flagged)
+            .order_by(predictions.c.bucket_start)
+        ).first()
+        assert first is not None, "the scenario flags buckets"
+        conn.execute(
+            sa.update(predictions)
+            .where(flagged, predictions.c.bucket_start == first.bucket_start)
+            .values(mean=None, min=None, max=None)
+        )
+        conn.execute(
+            sa.update(predictions)
+            .where(flagged, predictions.c.bucket_start > first.bucket_start)
+            .values(mean=float("nan"))
+        )
+        # One sensor with no usable aggregate at all.
+        conn.execute(
+            sa.update(predictions)
+            .where(predictions.c.device == first.device, predictions.c.sensor == first.sensor)
+            .values(mean=None, min=None, max=None, std=None)
+        )
+    req = func.HttpRequest(
+        "GET", f"http://localhost/api/runs/{a}/report", body=b"", route_params={"run_id": a}
+    )
+    response = user_function("run_report")(req)
+    assert response.status_code == 200
+    page = response.get_body().decode()
+    assert "mean n/a" in page and f"{first.device}/{first.sensor}" in page

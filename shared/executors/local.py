@@ -9,6 +9,12 @@ Scoring is synchronous: ``submit`` returns when every shard is done, with the jo
 final state. Workers come from a fork server (``scoring.score.worker_context``), never from a
 fork of this process: the parent holds SQL connections and Arrow thread pools that must not be
 duplicated into children.
+
+No process outlives the run: when a worker dies (or a shard fails) the others are terminated
+at once rather than waited for (``scoring.score.terminate_pool``), the job is ``failed`` and the
+run fails the chunks that got no predictions file; and workers are bound to the process that
+uses them (``scoring.score.bind_worker_lifetime``), so killing the CLI or the host takes the
+fork server and its workers with it.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from scoring.score import worker_context
+from scoring.score import bind_worker_lifetime, terminate_pool, worker_context
 from shared.blobs import (
     ERRORS_SUFFIX,
     PREDICTIONS_SUFFIX,
@@ -127,14 +133,23 @@ class LocalExecutor:
             if len(shards) == 1:
                 results = [score_shard(self.connection, job, 0, shards[0])]
             else:
-                with ProcessPoolExecutor(
-                    max_workers=len(shards), mp_context=worker_context(["shared.executors.local"])
-                ) as pool:
+                pool = ProcessPoolExecutor(
+                    max_workers=len(shards),
+                    mp_context=worker_context(["shared.executors.local"]),
+                    initializer=bind_worker_lifetime,
+                )
+                try:
                     futures = [
                         pool.submit(score_shard, self.connection, job, i, shard)
                         for i, shard in enumerate(shards)
                     ]
                     results = [f.result() for f in futures]
+                except BaseException:
+                    # A dead worker (BrokenProcessPool), a failed shard or an interrupt: stop
+                    # every worker now; the run fails the chunks that got no predictions file.
+                    terminate_pool(pool)
+                    raise
+                pool.shutdown(wait=True)
         except Exception as exc:  # noqa: BLE001 - the run records the failure with its reason
             log.exception("local scoring failed", extra={"run_id": job.run_id})
             return Submission(job_id, FAILED, message=f"{type(exc).__name__}: {exc}")

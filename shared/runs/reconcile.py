@@ -43,6 +43,29 @@ def _pending_chunks(ctx: AppContext, run_id: str) -> list[str]:
         ]
 
 
+def fail_unscored_chunks(ctx: AppContext, run_id: str, reason: str) -> list[str]:
+    """After the executor failed (a worker died, the job failed to submit): fail the chunks
+    still pending that have no predictions file, so none stays ``written`` for ever; a chunk
+    whose file is there is left to the blob trigger, which records it. Returns the ids failed.
+    """
+    from shared.blobs import predictions_blob
+    from shared.runs.recording import fail_chunks
+
+    container = ctx.settings.predictions_container
+    unscored = [
+        c
+        for c in _pending_chunks(ctx, run_id)
+        if not ctx.store.exists(container, predictions_blob(run_id, c))
+    ]
+    if unscored:
+        fail_chunks(ctx, run_id, unscored, reason)
+    log.warning(
+        "executor failed; chunks without predictions failed",
+        extra={"run_id": run_id, "reason": reason, "failed_chunks": len(unscored)},
+    )
+    return unscored
+
+
 def _give_up(ctx: AppContext, run: records.Run, reason: str) -> None:
     from shared.runs.recording import fail_chunks
 

@@ -313,7 +313,20 @@ def refresh_counts(conn: Connection, run_id: str) -> Run:
         "n_sensor_errors": int(totals.errors),
     }
     done = int(totals.recorded or 0) + int(totals.failed or 0)
-    if run is not None and not run.terminal and run.n_chunks and done >= run.n_chunks:
+    # A run already ended by chunk outcomes (every chunk failed, or some) is re-judged when a
+    # chunk's outcome changes afterwards: a chunk failed when its job failed or stalled may
+    # still be recorded when its file arrives late, and a run with predictions is not failed.
+    rejudge = (
+        run is not None
+        and run.terminal
+        and run.n_chunks
+        and done >= run.n_chunks
+        and (
+            values["n_chunks_recorded"] != run.n_chunks_recorded
+            or values["n_chunks_failed"] != run.n_chunks_failed
+        )
+    )
+    if run is not None and (not run.terminal or rejudge) and run.n_chunks and done >= run.n_chunks:
         if values["n_chunks_failed"] == run.n_chunks:
             reasons = sorted(
                 {
@@ -341,6 +354,8 @@ def refresh_counts(conn: Connection, run_id: str) -> Run:
             )
         else:
             values["status"] = COMPLETED
-        values["finished_at"] = utcnow()
+            values["error"] = None
+        if not run.terminal:
+            values["finished_at"] = utcnow()
     update_run(conn, run_id, **values)
     return get_run(conn, run_id)

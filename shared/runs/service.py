@@ -290,11 +290,18 @@ def _prepare_and_submit(ctx: AppContext, run: Run, executor_name: str) -> None:
         ctx.engine, run.run_id, "score" if submission.state == COMPLETED else "submit", elapsed
     )
     if status == records.FAILED:
-        records.fail_run(
-            ctx.engine,
-            run.run_id,
-            f"executor {executor.name} job {submission.state}: {submission.message}",
-        )
+        reason = f"executor {executor.name} job {submission.state}: {submission.message}"
+        # Chunks scored before the failure keep their predictions (the blob trigger records
+        # them and the run ends partial); the others fail now, and the run fails when none
+        # was scored. Whatever is left pending waits for its file or the stall timeout.
+        from shared.runs.reconcile import fail_unscored_chunks
+
+        try:
+            fail_unscored_chunks(ctx, run.run_id, reason)
+        except Exception:  # noqa: BLE001 - storage or SQL away: the stall timeout ends the run
+            log.exception("could not fail the run's unscored chunks", extra={"run_id": run.run_id})
+        with ctx.engine.begin() as conn:
+            records.update_run(conn, run.run_id, only_if_active=True, error=reason)
         return
     with ctx.engine.begin() as conn:
         records.update_run(conn, run.run_id, only_if_active=True, status=status)
