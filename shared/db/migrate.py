@@ -25,7 +25,7 @@ def alembic_config(
     """An Alembic config for our scripts, bound to ``engine`` (online) or ``url`` (offline).
 
     ``bucket_seconds`` is the width migration 0004 backfills bucket aggregates at (default: the
-    ``BUCKET_SECONDS`` environment variable, else 60).
+    settings' ``BUCKET_SECONDS``, read by ``env.py``).
     """
     config = Config()
     if bucket_seconds is not None:

@@ -56,6 +56,13 @@ def _run_online() -> None:
         connection.commit()
 
 
+if "bucket_seconds" not in config.attributes:
+    # Migration 0004 backfills bucket aggregates at the app's BUCKET_SECONDS (the `alembic`
+    # command and callers that do not pass it read it from the settings, like the app does).
+    from shared.settings import Settings
+
+    config.attributes["bucket_seconds"] = Settings.from_env().bucket_seconds
+
 if context.is_offline_mode():
     _run_offline()
 else:

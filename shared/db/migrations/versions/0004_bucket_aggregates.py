@@ -8,12 +8,10 @@ Per-bucket aggregates of readings (count, sum, min, max, sum of squares per buck
 bucket start, device and sensor), maintained by ingestion from the readings it actually inserts,
 and the table of bucket widths that are maintained. Backfilled here from the existing readings
 at one width: the ``bucket_seconds`` attribute of the Alembic config (``shared.db.migrate``
-passes the app's ``BUCKET_SECONDS``), else the ``BUCKET_SECONDS`` environment variable, else 60.
+passes the app's ``BUCKET_SECONDS``; ``env.py`` reads it from the settings otherwise), else 60.
 The bucket start is written per engine exactly as ``shared.db.dialects.bucket_start_of`` writes
 it (migrations never import the live code; a test checks that both agree).
 """
-
-import os
 
 from alembic import op
 import sqlalchemy as sa
@@ -52,10 +50,7 @@ _NOW = {
 
 
 def _bucket_seconds() -> int:
-    value = op.get_context().config.attributes.get("bucket_seconds")
-    if value is None:
-        value = os.environ.get("BUCKET_SECONDS", "60")
-    seconds = int(value)
+    seconds = int(op.get_context().config.attributes.get("bucket_seconds", 60))
     if not 1 <= seconds <= 86_400:
         raise ValueError(f"BUCKET_SECONDS={seconds} is outside 1..86400")
     return seconds
