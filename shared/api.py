@@ -749,6 +749,12 @@ OPENAPI: dict[str, Any] = {
                         "description": "Report of the run that raised the alert",
                     },
                     "last_report_url": {"type": "string"},
+                    "verdict": {
+                        "type": "string",
+                        "nullable": True,
+                        "enum": ["confirmed", "false_alarm", "expected"],
+                        "description": "The latest operator feedback (shared.feedback), if any",
+                    },
                 },
             },
             "AnomalyEventDetail": {
@@ -762,6 +768,12 @@ OPENAPI: dict[str, Any] = {
                                 "items": {"$ref": "#/components/schemas/Prediction"},
                             },
                             "buckets_truncated": {"type": "boolean"},
+                            "feedback": {
+                                "type": "array",
+                                "description": "Every verdict, oldest first (schema "
+                                "Feedback, from the feedback routes)",
+                                "items": {"type": "object"},
+                            },
                         },
                     },
                 ]
