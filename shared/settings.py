@@ -220,6 +220,10 @@ class Settings:
     run_timeout_minutes: float
     reconcile_interval_seconds: float
     train_window_hours: float
+    # Days of readings (and bucket aggregates) and of predictions/anomaly events kept; older
+    # rows are deleted by the scoring timer in bounded batches (shared.retention).
+    readings_retention_days: float
+    predictions_retention_days: float
     min_training_buckets: int
     target_false_alarm_rate: float
     # Score at or above which a bucket is flagged (scores are graded in [0, 1]; 0.5 is a tail
@@ -323,6 +327,12 @@ class Settings:
             train_window_hours=r.number(
                 "TRAIN_WINDOW_HOURS", 336.0, minimum=0.01, maximum=YEAR_HOURS
             ),
+            readings_retention_days=r.number(
+                "READINGS_RETENTION_DAYS", 30.0, minimum=1.0, maximum=3660.0
+            ),
+            predictions_retention_days=r.number(
+                "PREDICTIONS_RETENTION_DAYS", 90.0, minimum=1.0, maximum=3660.0
+            ),
             training_schedule=training_schedule,
             min_training_buckets=r.integer(
                 "MIN_TRAINING_BUCKETS", 30, minimum=2, maximum=10_000_000
@@ -348,6 +358,12 @@ class Settings:
             azureml=azureml,
             alerts=_alert_settings(r),
         )
+        if settings.readings_retention_days * 24 < settings.train_window_hours + 24:
+            raise SettingsError(
+                f"READINGS_RETENTION_DAYS={settings.readings_retention_days:g} must keep "
+                f"TRAIN_WINDOW_HOURS={settings.train_window_hours:g} plus a day of readings "
+                "(retraining reads that trailing window)"
+            )
         return settings
 
     @property

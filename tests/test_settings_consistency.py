@@ -89,3 +89,25 @@ def test_every_setting_reads_through_settings_or_logging():
         if re.search(r"os\.environ(\.get|\[)", path.read_text()):
             offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def test_retention_defaults_agree_with_the_storage_lifecycle_policy():
+    """PREDICTIONS_RETENTION_DAYS (SQL rows) and the lifecycle rule for predictions blobs keep
+    the same days; the readings default is the same in the code, the example and the infra."""
+    from shared.settings import Settings
+
+    settings = Settings.from_env({})
+    local = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
+    app = (ROOT / "infra" / "app" / "function-app.bicep").read_text()
+    storage = (ROOT / "infra" / "app" / "storage.bicep").read_text()
+    for name, value in (
+        ("READINGS_RETENTION_DAYS", settings.readings_retention_days),
+        ("PREDICTIONS_RETENTION_DAYS", settings.predictions_retention_days),
+    ):
+        assert float(local[name]) == value, name
+        assert float(re.search(rf"^\s+{name}: '(\d+)'", app, re.M).group(1)) == value, name
+    lifecycle = re.search(r"^param predictionsRetentionDays int = (\d+)", storage, re.M)
+    assert float(lifecycle.group(1)) == settings.predictions_retention_days
+    assert "Microsoft.Storage/storageAccounts/managementPolicies" in storage
+    for rule in ("delete-old-chunks", "delete-old-predictions"):
+        assert f"name: '{rule}'" in storage

@@ -113,6 +113,10 @@ var appSettings = {
   TRAINING_SCHEDULE: '0 30 0 * * *'
   TRAIN_WINDOW_HOURS: '336'
   MIN_TRAINING_BUCKETS: '30'
+  // Retention (shared.retention): readings and bucket aggregates, then predictions and anomaly
+  // events, deleted by the scoring timer in bounded batches; readings must cover the training window.
+  READINGS_RETENTION_DAYS: '30'
+  PREDICTIONS_RETENTION_DAYS: '90'
   TARGET_FALSE_ALARM_RATE: '0.001'
   SENSITIVITY: '0.5'
   // An anomaly event (one alarm) ends after this many buckets of its sensor without a flag.

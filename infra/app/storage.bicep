@@ -18,6 +18,26 @@ param queueNames array = []
 @maxValue(365)
 param blobSoftDeleteDays int = 7
 
+@description('Container of the runs\' feature chunks; its blobs are deleted by lifecycle management.')
+param chunksContainerName string = 'chunks'
+
+@description('Container of the scoring step\'s predictions files; its blobs are deleted by lifecycle management.')
+param predictionsContainerName string = 'predictions'
+
+// Chunks are read once, by the run's scoring step (a re-run writes its own): a week covers a run
+// retried or investigated; at 1M sensors an hourly run writes ~1.7 GB of chunks (docs/scale.md).
+@description('Days after its last change a chunk blob is deleted.')
+@minValue(1)
+@maxValue(3650)
+param chunksRetentionDays int = 7
+
+// Predictions files are recorded in SQL as they land; the blobs are the evidence behind SQL's
+// rows, kept as long as PREDICTIONS_RETENTION_DAYS keeps those rows (shared.retention).
+@description('Days after its last change a predictions blob is deleted; keep equal to PREDICTIONS_RETENTION_DAYS.')
+@minValue(1)
+@maxValue(3650)
+param predictionsRetentionDays int = 90
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: name
   location: location
@@ -65,6 +85,51 @@ resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2
     }
   }
 ]
+
+// Lifecycle management deletes old run files server-side (no app code, no listing by the app).
+resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'delete-old-chunks'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [ 'blockBlob' ]
+              prefixMatch: [ '${chunksContainerName}/' ]
+            }
+            actions: {
+              baseBlob: {
+                delete: { daysAfterModificationGreaterThan: chunksRetentionDays }
+              }
+            }
+          }
+        }
+        {
+          name: 'delete-old-predictions'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [ 'blockBlob' ]
+              prefixMatch: [ '${predictionsContainerName}/' ]
+            }
+            actions: {
+              baseBlob: {
+                delete: { daysAfterModificationGreaterThan: predictionsRetentionDays }
+              }
+            }
+          }
+        }
+      ]
+    }
+  }
+  dependsOn: [ containers ]
+}
 
 resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
   parent: storage

@@ -317,7 +317,8 @@ def _prepare_and_submit(ctx: AppContext, run: Run, executor_name: str) -> None:
 
 
 def scheduled_tick(ctx: AppContext, now: datetime | None = None) -> list[Run]:
-    """What the timer does: reconcile open runs, then run every due window (catching up)."""
+    """What the timer does: reconcile open runs, run every due window (catching up), then
+    delete what retention no longer keeps, in bounded batches (``shared.retention``)."""
     now = now or utcnow()
     reconcile_runs(ctx, now=now)
     settings = ctx.settings
@@ -332,4 +333,15 @@ def scheduled_tick(ctx: AppContext, now: datetime | None = None) -> list[Run]:
         run, created = start_run(ctx, window, "timer")
         if created:
             started.append(run)
+    from shared.retention import purge
+
+    try:
+        purge(
+            ctx.engine,
+            now.replace(tzinfo=None),
+            settings.readings_retention_days,
+            settings.predictions_retention_days,
+        )
+    except Exception:  # noqa: BLE001 - the runs are started; what is left goes next tick
+        log.exception("retention purge failed; retried on the next tick")
     return started
