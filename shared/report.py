@@ -17,14 +17,17 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, true
+from sqlalchemy import func, select, true
 
 from shared.context import AppContext
 from shared.db.schema import predictions
-from shared.events import AnomalyEvent, run_events
+from shared.events import AnomalyEvent, EventFilters, list_events
 from shared.runs import records
 
 MAX_PLOTS = 40
+# Rows of the flagged-sensor and event tables at most (the page says when more exist).
+MAX_SENSOR_ROWS = 1000
+MAX_EVENT_ROWS = 1000
 WIDTH, HEIGHT, PAD = 720, 180, 36
 
 STYLE = """
@@ -148,24 +151,37 @@ def sensor_plot(
     )
 
 
+def _naive(ts):
+    """A timestamp as SQL returned it: SQLite gives MIN/MAX of a timestamp back as text."""
+    return datetime.fromisoformat(ts) if isinstance(ts, str) else ts
+
+
 def build_run_report(ctx: AppContext, run_id: str) -> str | None:
     """The HTML report of a run, or None if there is no such run."""
     run = records.get_run(ctx.engine, run_id)
     if run is None:
         return None
     with ctx.engine.connect() as conn:
+        # Summed in SQL, one row per flagged sensor, at most MAX_SENSOR_ROWS of them: a run of
+        # a large fleet may flag a million buckets, which never cross to Python.
+        n_flagged = func.count().label("n")
         flagged = conn.execute(
             select(
                 predictions.c.device,
                 predictions.c.sensor,
-                predictions.c.bucket_start,
-                predictions.c.score,
-            ).where(predictions.c.run_id == run_id, predictions.c.is_anomaly == true())
+                n_flagged,
+                func.max(predictions.c.score),
+                func.min(predictions.c.bucket_start),
+                func.max(predictions.c.bucket_start),
+            )
+            .where(predictions.c.run_id == run_id, predictions.c.is_anomaly == true())
+            .group_by(predictions.c.device, predictions.c.sensor)
+            .order_by(n_flagged.desc(), predictions.c.device, predictions.c.sensor)
+            .limit(MAX_SENSOR_ROWS + 1)
         ).all()
-        per_sensor: dict[tuple[str, str], list] = defaultdict(list)
-        for d, s, b, score in flagged:
-            per_sensor[(d, s)].append((b, score))
-        ranked = sorted(per_sensor, key=lambda k: (-len(per_sensor[k]), k))[:MAX_PLOTS]
+        sensors_cut = len(flagged) > MAX_SENSOR_ROWS
+        flagged = flagged[:MAX_SENSOR_ROWS]
+        ranked = [(d, s) for d, s, *_ in flagged[:MAX_PLOTS]]
         series: dict[tuple[str, str], list] = defaultdict(list)
         for device in sorted({d for d, _ in ranked}):
             sensors = [s for d, s in ranked if d == device]
@@ -186,7 +202,11 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
                 series[(device, row.sensor)].append(
                     (row.bucket_start, row.mean, row.min, row.max, bool(row.is_anomaly))
                 )
-        events = run_events(conn, run_id)
+        events = list_events(
+            conn, EventFilters(run_id=run_id), limit=MAX_EVENT_ROWS + 1, newest_first=False
+        )
+        events_cut = len(events) > MAX_EVENT_ROWS
+        events = events[:MAX_EVENT_ROWS]
     errors = records.run_errors_of(ctx.engine, run_id, limit=200)
     events_of: dict[tuple[str, str], list[AnomalyEvent]] = defaultdict(list)
     for event in events:
@@ -202,12 +222,12 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
         {
             "device": d,
             "sensor": s,
-            "flagged": len(per_sensor[(d, s)]),
-            "max_score": f"{max(sc for _, sc in per_sensor[(d, s)]):.3f}",
-            "first": f"{min(b for b, _ in per_sensor[(d, s)]):%Y-%m-%d %H:%M}",
-            "last": f"{max(b for b, _ in per_sensor[(d, s)]):%Y-%m-%d %H:%M}",
+            "flagged": n,
+            "max_score": f"{top:.3f}",
+            "first": f"{_naive(first):%Y-%m-%d %H:%M}",
+            "last": f"{_naive(last):%Y-%m-%d %H:%M}",
         }
-        for d, s in sorted(per_sensor, key=lambda k: (-len(per_sensor[k]), k))
+        for d, s, n, top, first, last in flagged
     ]
     plots = "".join(
         sensor_plot(d, s, series[(d, s)], events_of[(d, s)]) for d, s in ranked if series[(d, s)]
@@ -245,7 +265,8 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
         + _table(timings, [("stage", "stage"), ("seconds", "seconds")], numeric={"seconds"})
     )
     body.append(
-        f"<h2>Anomaly events ({len(event_rows)})</h2><p class=muted>One per incident: flagged "
+        f"<h2>Anomaly events ({len(event_rows)}{'+, the first shown' if events_cut else ''})"
+        "</h2><p class=muted>One per incident: flagged "
         "buckets of a sensor close together are one event, alerted once at its onset.</p>"
     )
     body.append(
@@ -266,7 +287,8 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
         if event_rows
         else "<p class=muted>No anomaly events in this run.</p>"
     )
-    body.append(f"<h2>Sensors with anomalies ({len(sensor_rows)})</h2>")
+    more = "+, those with most flags shown" if sensors_cut else ""
+    body.append(f"<h2>Sensors with anomalies ({len(sensor_rows)}{more})</h2>")
     body.append(
         _table(
             sensor_rows,
@@ -284,7 +306,7 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
         else "<p class=muted>No anomalies in this run.</p>"
     )
     if plots:
-        shown = f" (the {len(ranked)} with most flags)" if len(per_sensor) > len(ranked) else ""
+        shown = f" (the {len(ranked)} with most flags)" if len(flagged) > len(ranked) else ""
         body.append(
             f"<h2>Anomalous sensors{shown}</h2><p class=muted>Bucket mean (line), "
             f"min-max range (band), flagged buckets (red), anomaly events (shaded).</p>{plots}"

@@ -134,3 +134,18 @@ def test_json_log_lines_include_context_fields():
     entry = json.loads(stream.getvalue())
     assert entry["message"] == "chunk failed"
     assert (entry["run_id"], entry["chunk_id"], entry["device"]) == ("run-1", "c00002", "d")
+
+
+def test_report_tables_are_bounded_and_say_so(ctx, scored_run, monkeypatch):
+    """A run of a large fleet flags too many sensors to list: the report sums flags in SQL and
+    shows at most MAX_SENSOR_ROWS sensors (most flags first) and MAX_EVENT_ROWS events, and
+    says that more exist."""
+    from shared import report
+
+    full = report.build_run_report(ctx, scored_run.run_id)
+    assert "+, those with most flags shown" not in full
+    monkeypatch.setattr(report, "MAX_SENSOR_ROWS", 1)
+    monkeypatch.setattr(report, "MAX_EVENT_ROWS", 1)
+    cut = report.build_run_report(ctx, scored_run.run_id)
+    assert "Sensors with anomalies (1+, those with most flags shown)" in cut
+    assert "Anomaly events (1+, the first shown)" in cut
