@@ -317,6 +317,12 @@ def deliver_pending(
         except Exception as exc:  # noqa: BLE001 - a failing topic never fails the caller
             error = f"Event Grid: {type(exc).__name__}: {str(exc)[:300]}"
             outcome.update({r.notification_id: error for r in grid})
+    # One HTTP session for the batch: its connections (and TLS handshakes) are reused.
+    own_session = session is None and any(r.target != EVENTGRID_TARGET for r in rows_to_send)
+    if own_session:
+        import requests
+
+        session = requests.Session()
     for row in rows_to_send:
         if row.target == EVENTGRID_TARGET and row.target in where:
             continue
@@ -333,6 +339,8 @@ def deliver_pending(
         except Exception as exc:  # noqa: BLE001 - a failing receiver never fails the caller
             outcome[row.notification_id] = f"webhook: {type(exc).__name__}: {str(exc)[:300]}"
             held.setdefault((row.event_id, row.target), row.seq)
+    if own_session:
+        session.close()
     with engine.begin() as conn:
         for row in rows:
             _finish(conn, row, outcome.get(row.notification_id), now, report)
