@@ -264,10 +264,14 @@ def _write_results(ctx: AppContext, s: _Series, report: NabReplay, labels: dict)
 
     bucket_us = ctx.settings.bucket_seconds * 1_000_000
     sensitivity = ctx.settings.sensitivity
+    from shared.events.tracking import newest_prediction
+
+    q = predictions.alias("q")
     with ctx.engine.connect() as conn:
+        # The newest run's prediction of each bucket, as events and every read path count it.
         rows = conn.execute(
-            select(predictions.c.bucket_start, predictions.c.score).where(
-                predictions.c.device == s.device, predictions.c.sensor == s.sensor
+            select(q.c.bucket_start, q.c.score).where(
+                q.c.device == s.device, q.c.sensor == s.sensor, newest_prediction(q)
             )
         ).all()
     onsets = {
@@ -277,7 +281,7 @@ def _write_results(ctx: AppContext, s: _Series, report: NabReplay, labels: dict)
     bucket_score: dict[int, float] = {}
     for bucket_start, score in rows:
         key = np.datetime64(bucket_start.replace(tzinfo=None), "us").astype(np.int64)
-        bucket_score[key] = max(float(score), bucket_score.get(key, 0.0))
+        bucket_score[key] = float(score)
 
     times_us = s.times.astype(np.int64)
     buckets = times_us // bucket_us * bucket_us
