@@ -408,3 +408,30 @@ def test_list_alerts_filters_and_validates(alerting, hook, grid):
     assert status == 400
     status, body = call("list_alerts", params={"colour": "red"})
     assert status == 400 and "unknown parameter" in body["error"]
+
+
+def test_an_announced_event_that_a_rerun_removes_is_closed_as_withdrawn(ctx, hook):
+    """A re-run that moves an open event's onset deletes the event (its id is a hash of the
+    onset): the receiver that was told it opened is told it closed, once."""
+    with_alerts(ctx, webhook_urls=(f"{hook.url}/h",), webhook_secret=SECRET)
+    record(ctx, HOUR, {A: {58: 0.9, 59: 0.9}})
+    (first,) = events_for(ctx.engine, *A)
+    assert first.status == "open"
+    run_id = record(ctx, HOUR, {A: {59: 0.9}}, attempt=2)
+    (second,) = events_for(ctx.engine, *A)
+    assert second.event_id != first.event_id
+    sent = hook_events(hook)
+    assert [(e["type"], e["data"]["event_id"]) for e in sent] == [
+        ("sensors.anomaly.opened", first.event_id),
+        ("sensors.anomaly.closed", first.event_id),
+        ("sensors.anomaly.opened", second.event_id),
+    ] or [(e["type"], e["data"]["event_id"]) for e in sent] == [
+        ("sensors.anomaly.opened", first.event_id),
+        ("sensors.anomaly.opened", second.event_id),
+        ("sensors.anomaly.closed", first.event_id),
+    ]
+    withdrawn = next(e for e in sent if e["type"] == "sensors.anomaly.closed")
+    assert withdrawn["data"]["status"] == "withdrawn" and withdrawn["data"]["run_id"] == run_id
+    redeliver_without_etag(ctx, run_id)
+    delivery.deliver_pending(ctx.engine, ctx.settings)
+    assert len(hook.requests) == 3

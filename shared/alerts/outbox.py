@@ -9,7 +9,8 @@ step) and inserts the notifications they call for, one row per (event, state, ta
   feedback covers it;
 * ``updated:<severity>`` when an announced event's peak score reaches a higher severity band
   (``major`` at 0.75, ``critical`` at 0.95) than it was announced with: an escalation;
-* ``closed`` when an announced event closes.
+* ``closed`` when an announced event closes, or disappears (a re-run cleared its flags or
+  moved its onset: ``status`` ``withdrawn``).
 
 The row's id is a hash of (event, state, target), inserted if absent: a redelivered blob, a
 re-run or a concurrent recording of the same event inserts nothing new, so each receiver is
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, exists, select
 
 from shared.clock import utcnow
 from shared.db.dialects import insert_if_absent
@@ -113,14 +114,18 @@ class Enqueued:
     suppressed: int = 0
 
 
-def changed_events(conn: Connection, run_id: str, chunk_id: str, since: datetime) -> list:
-    """Rows of the events of the chunk's sensors changed at or after ``since``."""
-    chunk = (
+def _chunk_sensors(run_id: str, chunk_id: str):
+    return (
         select(predictions.c.device, predictions.c.sensor)
         .where(predictions.c.run_id == run_id, predictions.c.chunk_id == chunk_id)
         .distinct()
         .subquery("chunk")
     )
+
+
+def changed_events(conn: Connection, run_id: str, chunk_id: str, since: datetime) -> list:
+    """Rows of the events of the chunk's sensors changed at or after ``since``."""
+    chunk = _chunk_sensors(run_id, chunk_id)
     e = anomaly_events
     return conn.execute(
         select(e)
@@ -148,17 +153,14 @@ def enqueue_for_chunk(
     conn: Connection, settings: Settings, run_id: str, chunk_id: str, since: datetime
 ) -> Enqueued:
     """Insert the notifications the chunk's event changes call for (see the module doc)."""
-    from shared.feedback.service import expected_spans
-
     from shared.alerts.rules import RuleBook
+    from shared.feedback.service import expected_spans
 
     result = Enqueued()
     where = targets(settings.alerts)
     if not where:
         return result
     rows = changed_events(conn, run_id, chunk_id, since)
-    if not rows:
-        return result
     now = utcnow()
     book = RuleBook.load(conn, settings.sensitivity)
     events = [(_event(r), _explanation(r)) for r in rows]
@@ -217,11 +219,56 @@ def enqueue_for_chunk(
                         "sent_at": None,
                     }
                 )
+    new_rows += _withdrawn(conn, run_id, chunk_id, now)
     if new_rows:
         statement = insert_if_absent(alert_outbox, ["notification_id"], conn.dialect.name)
         conn.execute(statement, new_rows)
     result.notifications = len(new_rows)
     return result
+
+
+def _withdrawn(conn: Connection, run_id: str, chunk_id: str, now: datetime) -> list[dict]:
+    """``closed`` notifications for announced events of the chunk's sensors that no longer
+    exist (a re-run cleared their flags or moved their onset: the recompute deleted them), so
+    no receiver holds an incident open forever. Their data is the announcement's, with
+    ``status`` ``withdrawn``."""
+    o, later = alert_outbox, alert_outbox.alias("later")
+    chunk = _chunk_sensors(run_id, chunk_id)
+    rows = conn.execute(
+        select(o)
+        .join(chunk, and_(o.c.device == chunk.c.device, o.c.sensor == chunk.c.sensor))
+        .where(
+            o.c.state == OPENED,
+            ~exists().where(anomaly_events.c.event_id == o.c.event_id),
+            ~exists().where(
+                later.c.event_id == o.c.event_id,
+                later.c.target == o.c.target,
+                later.c.state == CLOSED_STATE,
+            ),
+        )
+    ).all()
+    out = []
+    for row in rows:
+        data = {**json.loads(row.payload), "state": CLOSED_STATE, "status": "withdrawn"}
+        out.append(
+            {
+                **{c: getattr(row, c) for c in ("event_id", "target", "device", "sensor")},
+                "notification_id": notification_id(row.event_id, CLOSED_STATE, row.target),
+                "state": CLOSED_STATE,
+                "seq": 2,
+                "run_id": run_id,
+                "severity": row.severity,
+                "payload": json.dumps({**data, "run_id": run_id}),
+                "status": PENDING,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "claimed_until": None,
+                "last_error": None,
+                "created_at": now,
+                "sent_at": None,
+            }
+        )
+    return out
 
 
 def _existing(conn: Connection, event_ids: list[str]) -> dict[tuple[str, str], dict[str, str]]:
