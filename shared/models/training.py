@@ -191,8 +191,8 @@ def _flagged_mask(
     the bucket, as anomaly events count them).
 
     Only flagged buckets cross to Python (few: a flag is rare by construction). Buckets inside
-    the spans of events an operator marked as false alarms (``shared.feedback``, when present)
-    are kept: the operator said they are normal.
+    the spans of events an operator marked as false alarms (``shared.feedback``) are not
+    marked: the operator said they are normal.
     """
     from sqlalchemy import and_, or_, select, true
 
@@ -242,11 +242,9 @@ def _flagged_mask(
 
 
 def _false_alarm_spans(conn, start, end, sensors) -> dict[tuple[str, str], list[tuple[int, int]]]:
-    """Spans (microseconds) of events marked false alarms, by sensor, if feedback exists."""
-    try:
-        from shared.feedback import false_alarm_spans
-    except ImportError:  # feedback arrives with the operator's loop; until then, none
-        return {}
+    """Spans (microseconds) of events an operator marked as false alarms, by sensor."""
+    from shared.feedback import false_alarm_spans
+
     epoch = datetime(1970, 1, 1)
     spans: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for device, sensor, a, b in false_alarm_spans(conn, sensors, start, end):
