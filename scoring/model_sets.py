@@ -292,6 +292,15 @@ def _atomic_target(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def _save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Write an uncompressed ``.npz`` aside, then rename it into place."""
+    path = Path(path)
+    tmp = _atomic_target(path)
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(tmp, path)
+
+
 def write_npz_model_set(path: str | os.PathLike, models: Sequence[SensorModel]) -> None:
     """Write default-shaped pipelines (``steps[0]`` scaler, ``steps[-1]`` RBF one-class SVM)
     as an ``"ocsvm-npz"`` model set. Callers check the shape (``modeling.is_fast_path_model``).
@@ -341,11 +350,7 @@ def write_npz_model_set(path: str | os.PathLike, models: Sequence[SensorModel]) 
         "threshold": np.array([model.threshold for model in models], dtype=np.float64),
         "calibration": _unicode([json.dumps(model.calibration) for model in models]),
     }
-    path = Path(path)
-    tmp = _atomic_target(path)
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(tmp, path)
+    _save_npz_atomic(path, arrays)
 
 
 def write_baseline_model_set(path: str | os.PathLike, models: Sequence[SensorModel]) -> None:
@@ -367,11 +372,7 @@ def write_baseline_model_set(path: str | os.PathLike, models: Sequence[SensorMod
         "calibration": _unicode([json.dumps(model.calibration) for model in models]),
         **{f"param_{name}": getattr(params, name) for name in PARAM_FIELDS},
     }
-    path = Path(path)
-    tmp = _atomic_target(path)
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(tmp, path)
+    _save_npz_atomic(path, arrays)
 
 
 def _unicode_dtype(values: Sequence[str]) -> np.dtype:

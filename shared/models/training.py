@@ -218,14 +218,9 @@ def _flagged_mask(
     if not flagged:
         return mask
     keep_spans = _false_alarm_spans(conn, start, end, sensors)
-    epoch = datetime(1970, 1, 1)
-
-    def micros(ts: datetime) -> int:
-        return int((ts.replace(tzinfo=None) - epoch).total_seconds() * 1_000_000)
-
     drop: dict[tuple[str, str], set[int]] = {}
     for device, sensor, bucket_start in flagged:
-        at = micros(bucket_start)
+        at = _micros(bucket_start)
         spans = keep_spans.get((device, sensor), ())
         if any(a <= at < b for a, b in spans):
             continue
@@ -245,16 +240,15 @@ def _false_alarm_spans(conn, start, end, sensors) -> dict[tuple[str, str], list[
     """Spans (microseconds) of events an operator marked as false alarms, by sensor."""
     from shared.feedback import false_alarm_spans
 
-    epoch = datetime(1970, 1, 1)
     spans: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for device, sensor, a, b in false_alarm_spans(conn, sensors, start, end):
-        spans.setdefault((device, sensor), []).append(
-            (
-                int((a.replace(tzinfo=None) - epoch).total_seconds() * 1_000_000),
-                int((b.replace(tzinfo=None) - epoch).total_seconds() * 1_000_000),
-            )
-        )
+        spans.setdefault((device, sensor), []).append((_micros(a), _micros(b)))
     return spans
+
+
+def _micros(ts: datetime) -> int:
+    """Microseconds since the epoch of a UTC time (naive or aware), as bucket starts are kept."""
+    return int((ts.replace(tzinfo=None) - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
 
 
 def train_models(
