@@ -222,6 +222,11 @@ predictions = Table(
     Column("score", Float(), nullable=False),
     Column("is_anomaly", Boolean(), nullable=False),
     Column("model_version", Integer(), nullable=False),
+    # Explanations (scoring.explain), null for sensors without a flagged bucket in the chunk:
+    # the band the mean was expected in, and why a flagged bucket was flagged (JSON).
+    Column("expected_low", Float(), nullable=True),
+    Column("expected_high", Float(), nullable=True),
+    Column("explanation", Text(), nullable=True),
     PrimaryKeyConstraint("run_id", "device", "sensor", "bucket_start", name="pk_predictions"),
     Index(None, "device", "sensor", "bucket_start"),
     Index(None, "run_id", "chunk_id"),
@@ -263,6 +268,8 @@ anomaly_events = Table(
     Column("last_run_id", String(64), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    # Why: the explanation (JSON) of its peak bucket's prediction (scoring.explain).
+    Column("explanation", Text(), nullable=True),
     # One event per sensor and onset; also the range a recompute reads.
     Index(None, "device", "sensor", "start", unique=True),
     Index(None, "start"),  # listing across the fleet by time
