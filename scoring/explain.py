@@ -48,6 +48,7 @@ Two kinds of explanation:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -233,7 +234,7 @@ def explain_chunk(
 def _num(value: float) -> float | None:
     """A JSON number at 6 significant digits (None for NaN/inf: JSON has no such numbers)."""
     value = float(value)
-    return float(f"{value:.6g}") if np.isfinite(value) else None
+    return float(f"{value:.6g}") if math.isfinite(value) else None
 
 
 def band_deviation(
@@ -270,34 +271,20 @@ def _baseline(
 ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Band of the mean for every bucket, and the explanation of each flagged bucket (in row
     order of ``flagged``), for baseline models ``models`` of ``model_set``."""
-    from scipy.special import log_ndtr
-
     p = model_set.params.take(models)
-    level, low, high, spread, day = (X[..., i] for i in range(5))
-    s, b = level.shape
-    floor = p.floor
-    z_band = band_deviation(p.raw_mean[:, None], p.raw_std[:, None], sens)
-
-    centre, scale = {}, {}
+    level, low, high, spread, _ = (X[..., i] for i in range(5))
     series = {"level": level, "min": low, "max": high, "spread": spread}
-    for name, values in series.items():
-        centre[name], scale[name] = _recent_centre(values, floor)
-    z = {
-        "level_vs_recent": bl._recent_deviation(level, floor),
-        "min_vs_recent": bl._recent_deviation(low, floor),
-        "max_vs_recent": bl._recent_deviation(high, floor),
-        "spread_vs_recent": bl._recent_deviation(spread, floor),
-    }
-    # One reading per bucket: min = max = mean, which the detector does not compare again.
-    for name, values in (("min_vs_recent", low), ("max_vs_recent", high)):
-        same = (values == level).all(axis=1)
-        z[name][same] = np.nan
+    z_band = band_deviation(p.raw_mean[:, None], p.raw_std[:, None], sens)
+    # Each comparison, with the medians and scales of the detector's own (a test holds them
+    # equal to scoring.baseline's), so the bands and the deviations agree with the score.
+    # Aggregates other than the level matter at flagged buckets and the SHORT_BUCKETS - 1
+    # before them (the likelihood's average) only.
+    needed = flagged.copy()
+    for k in range(1, bl.SHORT_BUCKETS):
+        needed[:, :-k] |= flagged[:, k:]
+    z, centre, scale = comparisons(X, p, needed)
     seasonal = p.seasonal.astype(bool)
-    season_centre = np.take_along_axis(p.profile, bl._slots(day), axis=1)
-    season_scale = np.broadcast_to(p.seasonal_scale[:, None], (s, b))
-    z_season = np.abs(level - season_centre) / season_scale
-    z_season[~seasonal] = np.nan
-    z["level_vs_time_of_day"] = z_season
+    season_centre, season_scale = centre["time_of_day"], scale["time_of_day"]
 
     # The band of the mean: recent, or the hull with the time-of-day band (either explains it).
     half = z_band * scale["level"]
@@ -308,14 +295,23 @@ def _baseline(
         seasonal[:, None], np.fmax(band_high, season_centre + season_half), band_high
     )
 
-    # The score's own terms, to tell which rule flagged the bucket.
-    raw = np.log1p(bl.deviations(level, day, p, (low, high, spread)))
+    # The score's own terms, to tell which rule flagged the bucket: the deviation as
+    # scoring.baseline.deviations combines it (the level's smaller of recent and time of day,
+    # then the largest with the other aggregates), in single and averaged standard units.
+    raw = np.log1p(combined_deviation(z, seasonal))
     rm, rs = p.raw_mean[:, None], p.raw_std[:, None]
     single = (raw - rm) / rs
-    averaged = (bl._short_mean(raw) - rm) / rs
+    # scoring.baseline._short_mean at the flagged buckets: the mean over the bucket and the
+    # SHORT_BUCKETS - 1 before it (fewer at a sensor's first buckets).
+    fi, ft = np.nonzero(flagged)
+    total, n = np.zeros(len(fi)), np.zeros(len(fi))
+    for k in range(bl.SHORT_BUCKETS):
+        ok = ft >= k
+        total[ok] += raw[fi[ok], ft[ok] - k]
+        n[ok] += 1
+    averaged = np.full(raw.shape, np.nan)
+    averaged[fi, ft] = (total / np.maximum(n, 1) - p.raw_mean[fi]) / p.raw_std[fi]
     averaged = np.where(single >= bl.GATE_SD, averaged, np.minimum(averaged, single))
-    standard = np.maximum(averaged, single / bl.SINGLE_BAR)
-    graded = np.clip(-log_ndtr(-standard) / np.log(10.0) / bl.SCORE_DECADES, 0.0, 1.0)
 
     # Novelty, part by part (as scoring.baseline._novel combines them).
     margin = (bl.NOVELTY_MARGIN * (p.high - p.low))[:, None]
@@ -336,65 +332,78 @@ def _baseline(
         ),
     }
 
-    texts = []
+    # Per flagged bucket, every value an explanation may need, as Python floats (one gather per
+    # array: the loop below then does no numpy scalar work).
+    def at(values) -> list[float]:
+        return np.broadcast_to(values, flagged.shape)[fi, ft].tolist()
+
     names = list(z)
-    for i, t in zip(*np.nonzero(flagged), strict=True):
-        deviations = {name: _num(z[name][i, t]) for name in names}
-        novel = [name for name in excess if excess[name][i, t] > 0]
-        if novel and graded[i, t] <= bl.NOVELTY_SCORE:
+    cell = {f"z:{name}": at(z[name]) for name in names}
+    cell.update({f"excess:{name}": at(excess[name]) for name in excess})
+    for name in ("level", "min", "max", "spread"):
+        cell[f"value:{name}"] = at(series[name])
+        cell[f"centre:{name}"] = at(centre[name])
+        cell[f"half:{name}"] = at(z_band * scale[name])
+    cell.update(
+        score=at(scores),
+        sensitivity=at(sens),
+        single=at(single),
+        averaged=at(averaged),
+        season_centre=at(season_centre),
+        season_half=at(season_half),
+        seen_low=at(seen_low),
+        seen_high=at(seen_high),
+        seen_spread_low=at(seen_spread_low),
+        seen_spread_high=at(seen_spread_high),
+    )
+    texts = []
+    for k in range(len(fi)):
+        c = {key: values[k] for key, values in cell.items()}
+        deviations = {name: _num(c[f"z:{name}"]) for name in names}
+        novel = [name for name in excess if c[f"excess:{name}"] > 0]
+        # score = max(likelihood, NOVELTY_SCORE) for a novel bucket: at exactly NOVELTY_SCORE,
+        # novelty decided it (a likelihood of exactly that is a measure-zero tie).
+        if novel and c["score"] <= bl.NOVELTY_SCORE + 1e-12:
             rule = "novelty"
             # The novel part whose feature deviates most from its recent past (a spike's
             # maximum rather than the spread it drags along), else the largest excess.
             comparison = max(
                 novel,
-                key=lambda name: (
-                    np.nan_to_num(z[_RECENT_OF[name]][i, t], nan=-1.0),
-                    excess[name][i, t],
-                ),
+                key=lambda name: (_or(c[f"z:{_RECENT_OF[name]}"], -1.0), c[f"excess:{name}"]),
             )
         else:
-            rule = (
-                "single_bucket" if single[i, t] / bl.SINGLE_BAR >= averaged[i, t] else "sustained"
-            )
-            comparison = _strongest(z, i, t)
+            single_rules = c["single"] / bl.SINGLE_BAR >= c["averaged"]
+            rule = "single_bucket" if single_rules else "sustained"
+            comparison = _strongest(c)
         feature = _FEATURE_OF[comparison]
+        deviation = c[f"z:{_RECENT_OF.get(comparison, comparison)}"]
         if comparison == "level_vs_time_of_day":
-            mid, lo, hi = (
-                season_centre[i, t],
-                season_centre[i, t] - season_half[i, t],
-                season_centre[i, t] + season_half[i, t],
-            )
-            observed, deviation = level[i, t], z_season[i, t]
-        elif comparison.endswith("_vs_recent"):
-            key = {"level_vs_recent": "level", "min_vs_recent": "min", "max_vs_recent": "max"}.get(
-                comparison, "spread"
-            )
-            observed = series[key][i, t]
-            mid, half_here = centre[key][i, t], z_band[i, t] * scale[key][i, t]
+            observed, mid, half_here = c["value:level"], c["season_centre"], c["season_half"]
             lo, hi = mid - half_here, mid + half_here
-            deviation = z[comparison][i, t]
-        else:  # novelty
+        elif comparison.endswith("_vs_recent"):
+            key = comparison.removesuffix("_vs_recent")
+            observed, mid, half_here = c[f"value:{key}"], c[f"centre:{key}"], c[f"half:{key}"]
+            lo, hi = mid - half_here, mid + half_here
+        else:  # novelty: the range seen before, with the margin
             if comparison == "novel_spread":
-                observed, lo, hi = spread[i, t], seen_spread_low[i, t], seen_spread_high[i, t]
+                observed, lo, hi = c["value:spread"], c["seen_spread_low"], c["seen_spread_high"]
             else:
-                observed = high[i, t] if comparison == "novel_max" else low[i, t]
-                lo, hi = seen_low[i, t], seen_high[i, t]
+                observed = c["value:max"] if comparison == "novel_max" else c["value:min"]
+                lo, hi = c["seen_low"], c["seen_high"]
             mid = (lo + hi) / 2
-            deviation = z[_RECENT_OF[comparison]][i, t]
-        direction = "above" if observed > mid else "below"
         entry = {
             "kind": KIND_BASELINE,
             "comparison": comparison,
             "feature": feature,
-            "direction": direction,
+            "direction": "above" if observed > mid else "below",
             "observed": _num(observed),
             "expected": _num(mid),
             "expected_low": _num(lo),
             "expected_high": _num(hi),
             "deviation": _num(deviation),
             "rule": rule,
-            "score": _num(scores[i, t]),
-            "sensitivity": _num(sens[i, t]),
+            "score": _num(c["score"]),
+            "sensitivity": _num(c["sensitivity"]),
             "deviations": deviations,
             "novel": novel,
         }
@@ -403,21 +412,81 @@ def _baseline(
     return band_low, band_high, texts
 
 
-def _strongest(z: dict[str, np.ndarray], i: int, t: int) -> str:
+def combined_deviation(z: dict[str, np.ndarray], seasonal: np.ndarray) -> np.ndarray:
+    """The bucket's deviation as :func:`scoring.baseline.deviations` combines the comparisons
+    (a test holds the two equal): the level's smaller of recent and time of day (sensors with a
+    daily pattern), then the largest with the other aggregates'."""
+    recent = z["level_vs_recent"]
+    level = np.where(seasonal[:, None], np.fmin(recent, z["level_vs_time_of_day"]), recent)
+    others = (z["min_vs_recent"], z["max_vs_recent"], z["spread_vs_recent"])
+    return np.fmax.reduce([level, *others])
+
+
+def comparisons(X: np.ndarray, p, cells: np.ndarray | None = None) -> tuple[dict, dict, dict]:
+    """Deviation of every comparison of buckets ``X`` (s, b, 5) of baseline sensors ``p``, and
+    the centre and scale of each aggregate's recent past (keys level, min, max, spread,
+    time_of_day).
+
+    The level's comparisons are computed for every bucket (its band is drawn); those of the
+    minimum, maximum and spread only at ``cells`` (a boolean mask, default every bucket) and are
+    NaN elsewhere: explanations need them at flagged buckets and the few before them only.
+    """
+    level, low, high, spread, day = (X[..., i] for i in range(5))
+    s, b = level.shape
+    centre, scale = {}, {}
+    centre["level"], scale["level"] = _recent_centre(level, p.floor)
+    z = {"level_vs_recent": np.abs(level - centre["level"]) / scale["level"]}
+    at = np.nonzero(np.ones((s, b), dtype=bool) if cells is None else cells)
+    for name, values in (("min", low), ("max", high), ("spread", spread)):
+        centre[name], scale[name] = np.full((s, b), np.nan), np.full((s, b), np.nan)
+        centre[name][at], scale[name][at] = _recent_at(values, p.floor, *at)
+        z[f"{name}_vs_recent"] = np.abs(values - centre[name]) / scale[name]
+    # One reading per bucket: min = max = mean, which the detector does not compare again.
+    for name, values in (("min_vs_recent", low), ("max_vs_recent", high)):
+        same = (values == level).all(axis=1)
+        z[name][same] = np.nan
+    seasonal = p.seasonal.astype(bool)
+    centre["time_of_day"] = np.take_along_axis(p.profile, bl._slots(day), axis=1)
+    scale["time_of_day"] = np.broadcast_to(p.seasonal_scale[:, None], (s, b))
+    z_season = np.abs(level - centre["time_of_day"]) / scale["time_of_day"]
+    z_season[~seasonal] = np.nan
+    z["level_vs_time_of_day"] = z_season
+    return z, centre, scale
+
+
+def _recent_at(
+    values: np.ndarray, floor: np.ndarray, i: np.ndarray, t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_recent_centre` at the cells ``(i, t)`` only: one ``np.partition`` of their
+    windows (the same order statistics :mod:`scoring.rolling` selects)."""
+    w = bl.RECENT_BUCKETS
+    if not len(i):
+        return np.zeros(0), np.zeros(0)
+    padded = np.concatenate([np.repeat(values[:, :1], w, axis=1), values], axis=1)
+    windows = padded[i[:, None], t[:, None] + np.arange(w)]  # the w buckets before each cell
+    kth = (w // 4, w // 2, (3 * w) // 4)
+    ordered = np.partition(windows, kth, axis=1)
+    q_low, median, q_high = (ordered[:, k] for k in kth)
+    return median, np.maximum((q_high - q_low) / IQR_TO_SIGMA, floor[i])
+
+
+def _or(value: float, default: float) -> float:
+    return default if value != value else value  # NaN
+
+
+def _strongest(c: dict[str, float]) -> str:
     """The comparison with the largest deviation; for the level, the one that counts (the
     smaller of recent and time of day, when the sensor has a daily pattern)."""
-    level = z["level_vs_recent"][i, t]
-    level_name = "level_vs_recent"
-    season = z["level_vs_time_of_day"][i, t]
-    if np.isfinite(season) and season <= level:
+    level, level_name = c["z:level_vs_recent"], "level_vs_recent"
+    season = c["z:level_vs_time_of_day"]
+    if season == season and season <= level:
         level, level_name = season, "level_vs_time_of_day"
-    candidates = [(level, level_name)] + [
-        (z[name][i, t], name) for name in ("min_vs_recent", "max_vs_recent", "spread_vs_recent")
-    ]
-    best = max(
-        (c for c in candidates if np.isfinite(c[0])), default=(0.0, level_name), key=lambda c: c[0]
-    )
-    return best[1]
+    best, best_name = _or(level, -1.0), level_name
+    for name in ("min_vs_recent", "max_vs_recent", "spread_vs_recent"):
+        value = _or(c[f"z:{name}"], -1.0)
+        if value > best:
+            best, best_name = value, name
+    return best_name
 
 
 def _fmt(value) -> str:

@@ -194,6 +194,38 @@ def test_a_stuck_sensor_is_explained_by_its_spread_below(scored):
     assert first["observed"] == 0.0 and first["expected_low"] > 0.0
 
 
+@pytest.mark.parametrize("readings", [12, 1])
+def test_the_comparisons_combine_as_the_detectors_deviation(readings):
+    """Per comparison and combined, the deviations are those of scoring.baseline.deviations,
+    for sensors with and without a daily pattern, with many readings per bucket or one."""
+    rng = np.random.default_rng(11)
+    params, tests = [], []
+    for daily in (True, False):
+        train_minutes = np.arange(3 * 1440 if daily else 600)
+        train = _features(_cycle(rng, train_minutes)[:, :readings], train_minutes)
+        params.append(baseline.RobustBaseline().fit(train).params_)
+        test_minutes = train_minutes[-1] + 1 + np.arange(150)
+        test = _features(_cycle(rng, test_minutes)[:, :readings], test_minutes)
+        test[60:70, :3] += 6.0
+        tests.append(test)
+    X, p = np.stack(tests), baseline.stack_params(params)
+    assert p.seasonal.tolist() == [True, False]
+    z, _, _ = explain.comparisons(X, p)
+    level, low, high, spread, day = (X[..., i] for i in range(5))
+    expected = baseline.deviations(level, day, p, (low, high, spread))
+    np.testing.assert_allclose(
+        explain.combined_deviation(z, p.seasonal.astype(bool)), expected, atol=1e-12
+    )
+    # At a few cells only (as explanations compute them): the same values there, NaN elsewhere.
+    cells = rng.random(level.shape) < 0.05
+    cells[:, :3] = True  # a sensor's first buckets compare with its first value
+    sparse, _, _ = explain.comparisons(X, p, cells)
+    for name, values in z.items():
+        np.testing.assert_allclose(sparse[name][cells], values[cells], atol=1e-12)
+    if readings > 1:  # (with one reading the detector does not compare min and max at all)
+        assert np.isnan(sparse["max_vs_recent"][~cells]).all()
+
+
 def test_the_band_uses_the_detectors_own_recent_statistics():
     """The median and scale behind the band are exactly those of the detector's deviation."""
     rng = np.random.default_rng(3)
