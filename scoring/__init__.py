@@ -8,7 +8,8 @@ application's ``shared`` package or any ``azure`` SDK. Its environment is declar
 
 Modules: :mod:`scoring.features` (the feature contract), :mod:`scoring.model_sets` (model set
 formats, safe loading, bulk scoring), :mod:`scoring.kernels` (the vectorised one-class SVM),
-:mod:`scoring.score` (the step and its CLI) and :mod:`scoring.modeling` (fitting, calibration,
+:mod:`scoring.explain` (why a flagged bucket was flagged), :mod:`scoring.score` (the step and its
+CLI) and :mod:`scoring.modeling` (fitting, calibration,
 writing; imported lazily here because scikit-learn takes a second to import and the scoring
 hot path does not need it).
 """

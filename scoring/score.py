@@ -12,7 +12,10 @@ then rename):
    chunk gets one row with null device and sensor and the reason;
 2. ``<chunk_id>.predictions.parquet`` with the scored rows and schema metadata
    ``scoring.chunk_id`` and ``scoring.errors`` (number of failed sensors); for an unreadable
-   chunk it is empty and ``scoring.chunk_error`` holds the reason.
+   chunk it is empty and ``scoring.chunk_error`` holds the reason. After the prediction columns
+   come the nullable explanation columns (:mod:`scoring.explain`): for sensors with a flagged
+   window row, the band the mean was expected in and, per flagged row, why (JSON); computed
+   after scoring for those sensors only, and left null (with a warning) if explaining fails.
 
 The predictions file comes last because a blob trigger fires on it: the errors file it may point
 to must already exist. A sensor-level problem (missing model set or key, corrupt or untrusted
