@@ -27,7 +27,6 @@ from shared.runs import records
 from shared.runs.service import start_run
 from shared.runs.windows import Window
 from shared.simulate import FleetSpec, make_fleet
-from shared.training import service
 from shared.training.service import (
     KEPT_TOO_FEW_BUCKETS,
     KEPT_UNFIT,
