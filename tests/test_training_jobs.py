@@ -273,3 +273,31 @@ def test_training_chunks_hold_the_aggregates_and_assigned_versions(ctx):
         expected = aggregate_features(conn, job.window.start, job.window.end, 60)
     assert table.drop(["model_version"]).equals(expected)
     assert set(table["model_version"].to_pylist()) == {1}
+
+
+def test_a_summary_arriving_after_its_job_stalled_is_still_registered(ctx):
+    """The step was only slow: its job was failed as stalled, then its summary came. The chunk
+    is registered once and the job judged again (completed)."""
+    from shared.training.registration import REGISTERED
+
+    ids = ingest(hours=4)
+    job = start_without_completing(ctx, T0 + 4 * HOUR, submit=False)
+    timeout = timedelta(minutes=ctx.settings.run_timeout_minutes)
+    collect_training(ctx, utcnow() + timeout + timedelta(minutes=1))
+    assert jobs.get_job(ctx.engine, job.job_id).status == jobs.FAILED
+
+    [row] = jobs.chunk_rows(ctx.engine, job.job_id)
+    settings = ctx.settings
+    late = TrainingJob(
+        job.job_id,
+        str(job.window),
+        (SimpleNamespace(chunk_id=row.chunk_id, blob=row.blob_path, model_files=(), n_sensors=6),),
+        settings.chunks_container,
+        settings.models_container,
+    )
+    assert LocalExecutor(settings.storage, 1).submit_training(late).state == "completed"
+    assert register_chunk(ctx, job, row).outcome == REGISTERED
+    assert register_chunk(ctx, job, row).outcome == DUPLICATE  # the row as it was read
+    done = jobs.get_job(ctx.engine, job.job_id)
+    assert (done.status, done.error, done.n_activated) == (jobs.COMPLETED, None, 6)
+    assert active(ctx) == {k: 1 for k in ids}

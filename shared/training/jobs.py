@@ -215,14 +215,11 @@ def refresh_job(conn: Connection, job_id: str) -> Job:
         "n_activated": activated,
         "n_kept": kept,
     }
-    if (
-        job is not None
-        and not job.terminal
-        and job.n_chunks
-        and registered + failed >= job.n_chunks
-    ):
+    if job is not None and job.n_chunks and registered + failed >= job.n_chunks:
+        # Judged again when a chunk's outcome changes after the job ended (a late summary).
         values["status"] = COMPLETED if not failed else (PARTIAL if registered else FAILED)
-        values["finished_at"] = utcnow()
+        values["finished_at"] = job.finished_at or utcnow()
+        values["error"] = None
         if failed:
             reasons = sorted(
                 {

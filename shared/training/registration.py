@@ -6,7 +6,9 @@ transaction:
 
 * claims the chunk (``written`` -> ``registered`` by a conditional update: of two callers, or a
   redelivery of the same summary, or a re-run step that rewrote it, exactly one gets there; the
-  others find it registered and change nothing);
+  others find it registered and change nothing). A chunk failed because its summary had not
+  come (a stall or the executor's failure) is still registered when it comes, as a late
+  predictions file still records its chunk;
 * registers the model set and each model under the version the timer assigned (a sensor that
   already has a model from this training key, from an earlier attempt, is not registered
   again; a version taken meanwhile by another training fails that sensor alone);
@@ -247,7 +249,7 @@ def register_chunk(ctx: AppContext, job: Job, chunk) -> ChunkOutcome:
     """Register one chunk's models once; see the module docstring."""
     settings = ctx.settings
     outcome = ChunkOutcome(WAITING, job.job_id, chunk.chunk_id)
-    if chunk.status != jobs.CHUNK_WRITTEN:
+    if chunk.status == jobs.CHUNK_REGISTERED:
         outcome.outcome = DUPLICATE
         return outcome
     try:
@@ -269,9 +271,11 @@ def register_chunk(ctx: AppContext, job: Job, chunk) -> ChunkOutcome:
             .where(
                 training_chunks.c.job_id == job.job_id,
                 training_chunks.c.chunk_id == chunk.chunk_id,
-                training_chunks.c.status == jobs.CHUNK_WRITTEN,
+                # A chunk failed for want of its summary (its job stalled or failed) is still
+                # registered when the summary arrives late; a registered one never again.
+                training_chunks.c.status.in_([jobs.CHUNK_WRITTEN, jobs.CHUNK_FAILED]),
             )
-            .values(status=jobs.CHUNK_REGISTERED, etag=etag, done_at=now),
+            .values(status=jobs.CHUNK_REGISTERED, etag=etag, error=None, done_at=now),
             execution_options={"preserve_rowcount": True},
         )
         if claimed.rowcount != 1:

@@ -442,11 +442,19 @@ def _collect_job(
 
     outcomes = []
     pending = []
-    for chunk in jobs.chunk_rows(ctx.engine, job.job_id, jobs.CHUNK_WRITTEN):
+    # Right after a synchronous job, chunks that a concurrent collect failed as stalled while
+    # it ran are looked at too: their summaries are there now.
+    chunks = [
+        c
+        for c in jobs.chunk_rows(ctx.engine, job.job_id)
+        if c.status == jobs.CHUNK_WRITTEN
+        or (finished_reason is not None and c.status == jobs.CHUNK_FAILED)
+    ]
+    for chunk in chunks:
         outcome = register_chunk(ctx, job, chunk)
         if outcome.outcome == REGISTERED or outcome.outcome == "refused":
             outcomes.append(outcome)
-        elif outcome.outcome != "duplicate":
+        elif outcome.outcome != "duplicate" and chunk.status == jobs.CHUNK_WRITTEN:
             pending.append(chunk.chunk_id)
     reason = finished_reason
     if pending and reason is None and job.backend_job_id and job.executor != "local":
