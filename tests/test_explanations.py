@@ -241,8 +241,8 @@ def test_a_hostile_explanation_refuses_the_file(ctx, monkeypatch, text, reason):
         assert conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar() == 0
 
 
-def test_migration_0006_on_a_database_at_0005(sql_url):
-    """A deployment at 0005 with predictions and events gets the nullable columns (its rows
+def test_migration_0007_on_a_database_at_0006(sql_url):
+    """A deployment at 0006 with predictions and events gets the nullable columns (its rows
     keep null there); downgrading removes them again."""
     from alembic import command
 
@@ -250,25 +250,25 @@ def test_migration_0006_on_a_database_at_0005(sql_url):
     from shared.db.engine import engine_for_url
 
     engine = engine_for_url(sql_url)
-    migrate.upgrade(engine, "0005")
+    migrate.upgrade(engine, "0006")
     columns = {c["name"] for c in sa.inspect(engine).get_columns("predictions")}
     assert "explanation" not in columns
-    migrate.upgrade(engine, "0006")
+    migrate.upgrade(engine, "0007")
     inspector = sa.inspect(engine)
     added = {c["name"]: c for c in inspector.get_columns("predictions")}
     assert {"expected_low", "expected_high", "explanation"} <= set(added)
     assert all(added[n]["nullable"] for n in ("expected_low", "expected_high", "explanation"))
     events = {c["name"]: c for c in inspector.get_columns("anomaly_events")}
     assert events["explanation"]["nullable"]
-    command.downgrade(migrate.alembic_config(engine), "0005")
+    command.downgrade(migrate.alembic_config(engine), "0006")
     assert "explanation" not in {c["name"] for c in sa.inspect(engine).get_columns("predictions")}
     engine.dispose()
 
 
-def test_migration_0006_for_sql_server():
+def test_migration_0007_for_sql_server():
     from shared.db import migrate
 
-    script = migrate.offline_sql("mssql+pyodbc://", "0005:0006")
+    script = migrate.offline_sql("mssql+pyodbc://", "0006:0007")
     assert "ALTER TABLE predictions ADD expected_low FLOAT NULL" in script
     assert "ALTER TABLE predictions ADD expected_high FLOAT NULL" in script
     assert "ALTER TABLE predictions ADD explanation VARCHAR(max) NULL" in script

@@ -1,8 +1,8 @@
 """explanations
 
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-12-01 10:30:00
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-02 11:00:00
 
 Explanations of anomalies (``scoring.explain``): nullable columns on ``predictions`` (the band
 the bucket's mean was expected in, and why a flagged bucket was flagged, as JSON text) and on
@@ -13,8 +13,8 @@ rows keep null there (predictions scored before have no explanation, and say so 
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
