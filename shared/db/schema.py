@@ -351,6 +351,8 @@ alert_outbox = Table(
     Index(None, "status", "next_attempt_at"),
     Index(None, "run_id"),
     Index(None, "event_id", "target"),
+    Index(None, "created_at"),  # retention, newest-first listing
+    Index(None, "device", "sensor", "state"),  # announced events of a chunk's sensors
 )
 
 # ---- Feedback (shared.feedback): operators' verdicts on events, and what they change.
