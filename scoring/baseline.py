@@ -263,13 +263,31 @@ def _novel(low: np.ndarray, high: np.ndarray, spread: np.ndarray, p: BaselinePar
     an excursion stays novel while it is young (every bucket of a short anomaly is flagged), and a
     new level that has held that long is accepted, as the recent median has moved to it by then.
     """
+    return _novel_from(low, high, spread, p, np.zeros(len(low), dtype=np.intp), low.shape[1])
+
+
+def _novel_from(
+    low: np.ndarray,
+    high: np.ndarray,
+    spread: np.ndarray,
+    p: BaselineParams,
+    start: np.ndarray,
+    n: int,
+) -> np.ndarray:
+    """:func:`_novel` of buckets ``start + k`` (k < n) as an (s, n) array (the extremes seen
+    before run over every bucket)."""
     margin = (NOVELTY_MARGIN * (p.high - p.low))[:, None]
     spread_margin = (NOVELTY_MARGIN * (p.spread_high - p.spread_low))[:, None]
+
+    def seen(values, trained, reduce):
+        return _from(_seen_before(values, trained, reduce), start, n)
+
+    high_, low_, spread_ = (_from(values, start, n) for values in (high, low, spread))
     return (
-        (high > _seen_before(high, p.high, np.maximum) + margin)
-        | (low < _seen_before(low, p.low, np.minimum) - margin)
-        | (spread > _seen_before(spread, p.spread_high, np.maximum) + spread_margin)
-        | (spread < _seen_before(spread, p.spread_low, np.minimum) - spread_margin)
+        (high_ > seen(high, p.high, np.maximum) + margin)
+        | (low_ < seen(low, p.low, np.minimum) - margin)
+        | (spread_ > seen(spread, p.spread_high, np.maximum) + spread_margin)
+        | (spread_ < seen(spread, p.spread_low, np.minimum) - spread_margin)
     )
 
 
@@ -329,7 +347,7 @@ def score(X: np.ndarray, params: BaselineParams, n_context: np.ndarray | None = 
         standard = np.maximum(standard, single / SINGLE_BAR)
         log10_p = log_ndtr(-standard) / np.log(10.0)
         graded = np.clip(-log10_p / SCORE_DECADES, 0.0, 1.0)
-        novel = _from(_novel(low, high, spread, p), first, n)
+        novel = _novel_from(low, high, spread, p, first, n)
         graded = np.where(novel, np.maximum(graded, NOVELTY_SCORE), graded)
         result = _scatter(graded, first, b)
         if start.any():

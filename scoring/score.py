@@ -573,11 +573,12 @@ def _score_group(
     if order is not None:
         rows = order[rows]
     first, last = int(rows[0, 0]), int(rows[-1, -1])
-    if (
+    contiguous = bool(
         (group_counts == width).all()
         and last - first + 1 == rows.size
         and (order is None or (np.diff(rows.ravel()) == 1).all())
-    ):
+    )
+    if contiguous:
         # The usual case: the group's rows are one contiguous run (slices, no gather).
         X = np.empty((rows.size, len(names)))
         for column, name in enumerate(names):
@@ -599,6 +600,7 @@ def _score_group(
         keep = ~bad
         group, group_models, group_counts = group[keep], group_models[keep], group_counts[keep]
         rows, X, n_context = rows[keep], X[keep], n_context[keep]
+        contiguous = False
         if not len(group):
             return
 
@@ -616,9 +618,14 @@ def _score_group(
         & (offsets[None, :] < group_counts[:, None])
         & ok[:, None]
     )
-    target = rows[valid]
-    scores[target] = model_set.graded_scores(group_models, result.scores)[valid]
-    scored_rows[target] = True
+    graded = model_set.graded_scores(group_models, result.scores)
+    if contiguous:  # cell (i, j) is row first + i * width + j
+        np.copyto(scores[first : last + 1], graded.ravel(), where=valid.ravel())
+        scored_rows[first : last + 1] |= valid.ravel()
+    else:
+        target = rows[valid]
+        scores[target] = graded[valid]
+        scored_rows[target] = True
 
 
 # --------------------------------------------------------------------------- many chunks
