@@ -88,17 +88,18 @@ def scheduled_run(timer: func.TimerRequest) -> None:
 
 
 # Timer: retraining (shared.training). NCRONTAB from TRAINING_SCHEDULE (daily by default); a
-# sensor is trained at most once per occurrence, so a double or late fire is harmless. Batches
-# are bounded and no batch starts after the service's budget (below host.json's functionTimeout):
-# the sensors not reached stay due and go first next time.
+# sensor is trained at most once per occurrence, so a double or late fire is harmless. The timer
+# decides who is due, writes the training chunks and submits a training job to the executor (the
+# local pool trains here, as it scores; Azure ML trains on the cluster and the timer returns at
+# once); completion registers the models through the fitness gate, exactly once.
 @app.function_name("scheduled_training")
 @app.schedule(
     arg_name="timer", schedule="%TRAINING_SCHEDULE%", run_on_startup=False, use_monitor=True
 )
 def scheduled_training(timer: func.TimerRequest) -> None:
-    from shared.training.service import TIMER_BUDGET_SECONDS, retrain_due
+    from shared.training.service import retrain_due
 
-    report = retrain_due(get_context(), budget_seconds=TIMER_BUDGET_SECONDS)
+    report = retrain_due(get_context())
     log.info(
         "scheduled_training done",
         extra={"past_due": timer.past_due, "retraining": report.as_dict(limit=20)},
