@@ -123,20 +123,69 @@ def _slots(day_fraction: np.ndarray) -> np.ndarray:
     return np.clip((day_fraction * PROFILE_SLOTS).astype(np.int64), 0, PROFILE_SLOTS - 1)
 
 
-def _recent_deviation(values: np.ndarray, floor: np.ndarray) -> np.ndarray:
+def _recent_deviation(
+    values: np.ndarray, floor: np.ndarray, start: np.ndarray | None = None
+) -> np.ndarray:
     """``|x - median| / scale`` of each bucket against the :data:`RECENT_BUCKETS` before it.
 
     ``scale`` is the interquartile range of those buckets as a standard deviation, at least
     ``floor``. Before a sensor's first row its first value stands in, so the first buckets
     compare with themselves (deviation 0) rather than with nothing.
+
+    ``start`` (optional, one per sensor): the first bucket whose deviation is wanted; earlier
+    buckets are not computed and come back as NaN (the ones wanted are the same as without it).
     """
     s, b = values.shape
+    if start is None:
+        return _recent_deviation_from(values, floor, np.zeros(s, dtype=np.intp), b)
+    start = np.clip(np.asarray(start, dtype=np.intp), 0, b)
+    n = b - int(start.min(initial=b))
+    return _scatter(_recent_deviation_from(values, floor, start, n), start, b)
+
+
+def _recent_deviation_from(
+    values: np.ndarray, floor: np.ndarray, start: np.ndarray, n: int
+) -> np.ndarray:
+    """:func:`_recent_deviation` of buckets ``start + k`` (k < n) as an (s, n) array; cells past
+    a sensor's last bucket hold its last bucket's deviation."""
+    s, b = values.shape
     w = RECENT_BUCKETS
+    if n == 0 or s == 0:
+        return np.empty((s, n))
     padded = np.concatenate([np.repeat(values[:, :1], w, axis=1), values], axis=1)
-    # The elements np.partition over sliding_window_view(padded, w)[:, :b] selects, ~8x faster.
-    q_low, median, q_high = sliding_order_statistics(padded, w, (w // 4, w // 2, (3 * w) // 4), b)
+    # Bucket t's window is padded[t : t + w]: the columns from each sensor's start on, aligned
+    # to column 0 (past the end: the last column, whose windows are dropped by the caller).
+    padded, values = _from(padded, start, n + w - 1), _from(values, start, n)
+    # The elements np.partition over sliding_window_view(padded, w)[:, :n] selects, ~8x faster.
+    q_low, median, q_high = sliding_order_statistics(padded, w, (w // 4, w // 2, (3 * w) // 4), n)
     spread = (q_high - q_low) / _IQR_TO_SIGMA
     return np.abs(values - median) / np.maximum(spread, floor[:, None])
+
+
+def _from(values: np.ndarray, start: np.ndarray, n: int) -> np.ndarray:
+    """``values[i, start[i] + k]`` for k < n as an (s, n) array (the last column past the end)."""
+    if not start.any():
+        return values[:, :n]
+    if (start == start[0]).all() and start[0] + n <= values.shape[1]:
+        return values[:, start[0] : start[0] + n]
+    columns = np.minimum(start[:, None] + np.arange(n), values.shape[1] - 1)
+    return np.take_along_axis(values, columns, axis=1)
+
+
+def _scatter(aligned: np.ndarray, start: np.ndarray, b: int) -> np.ndarray:
+    """Inverse of :func:`_from`: an (s, b) array with ``out[i, start[i] + k] = aligned[i, k]``
+    and NaN before each sensor's start."""
+    s, n = aligned.shape
+    out = np.full((s, b), np.nan)
+    if not n:
+        return out
+    if (start == start[0]).all():
+        out[:, start[0] :] = aligned[:, : b - start[0]]
+        return out
+    columns = start[:, None] + np.arange(n)
+    inside = columns < b
+    out[np.nonzero(inside)[0], columns[inside]] = aligned[inside]
+    return out
 
 
 def deviations(
@@ -144,6 +193,7 @@ def deviations(
     day_fraction: np.ndarray,
     params: BaselineParams,
     others: tuple[np.ndarray, ...] = (),
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
     """Robust deviation ``z`` of each bucket from its recent past / seasonal self.
 
@@ -159,16 +209,39 @@ def deviations(
         Further aggregates (minimum, maximum, spread) compared with their own recent past:
         a spike inside a bucket moves its maximum more than its mean, a stuck sensor or a
         noise burst moves its spread and not its mean. The largest deviation counts.
+    start : ndarray of int of shape (s,), optional
+        First bucket of each sensor whose deviation is wanted: earlier buckets (context the
+        caller needs only as history) are not computed and come back as NaN; the others are
+        exactly the values computed without it.
     """
-    z = _recent_deviation(level, params.floor)
+    s, b = level.shape
+    if start is None:
+        return _deviations_from(level, day_fraction, params, others, np.zeros(s, np.intp), b)
+    start = np.clip(np.asarray(start, dtype=np.intp), 0, b)
+    n = b - int(start.min(initial=b))
+    return _scatter(_deviations_from(level, day_fraction, params, others, start, n), start, b)
+
+
+def _deviations_from(
+    level: np.ndarray,
+    day_fraction: np.ndarray,
+    params: BaselineParams,
+    others: tuple[np.ndarray, ...],
+    start: np.ndarray,
+    n: int,
+) -> np.ndarray:
+    """:func:`deviations` of buckets ``start + k`` (k < n) as an (s, n) array."""
+    z = _recent_deviation_from(level, params.floor, start, n)
     if params.seasonal.any():
-        expected = np.take_along_axis(params.profile, _slots(day_fraction), axis=1)
-        z_seasonal = np.abs(level - expected) / params.seasonal_scale[:, None]
+        profile_slots = _slots(_from(day_fraction, start, n))
+        expected = np.take_along_axis(params.profile, profile_slots, axis=1)
+        z_seasonal = np.abs(_from(level, start, n) - expected) / params.seasonal_scale[:, None]
         z = np.where(params.seasonal[:, None], np.fmin(z, z_seasonal), z)
     for values in others:
+        # Compared over every bucket, whatever `start`: the choice must not depend on it.
         if np.array_equal(values, level):
             continue  # one reading per bucket: min = max = mean, nothing new to compare
-        z = np.fmax(z, _recent_deviation(values, params.floor))
+        z = np.fmax(z, _recent_deviation_from(values, params.floor, start, n))
     return z
 
 
@@ -190,26 +263,51 @@ def _novel(low: np.ndarray, high: np.ndarray, spread: np.ndarray, p: BaselinePar
     an excursion stays novel while it is young (every bucket of a short anomaly is flagged), and a
     new level that has held that long is accepted, as the recent median has moved to it by then.
     """
+    return _novel_from(low, high, spread, p, np.zeros(len(low), dtype=np.intp), low.shape[1])
+
+
+def _novel_from(
+    low: np.ndarray,
+    high: np.ndarray,
+    spread: np.ndarray,
+    p: BaselineParams,
+    start: np.ndarray,
+    n: int,
+) -> np.ndarray:
+    """:func:`_novel` of buckets ``start + k`` (k < n) as an (s, n) array (the extremes seen
+    before run over every bucket)."""
     margin = (NOVELTY_MARGIN * (p.high - p.low))[:, None]
     spread_margin = (NOVELTY_MARGIN * (p.spread_high - p.spread_low))[:, None]
+
+    def seen(values, trained, reduce):
+        return _from(_seen_before(values, trained, reduce), start, n)
+
+    high_, low_, spread_ = (_from(values, start, n) for values in (high, low, spread))
     return (
-        (high > _seen_before(high, p.high, np.maximum) + margin)
-        | (low < _seen_before(low, p.low, np.minimum) - margin)
-        | (spread > _seen_before(spread, p.spread_high, np.maximum) + spread_margin)
-        | (spread < _seen_before(spread, p.spread_low, np.minimum) - spread_margin)
+        (high_ > seen(high, p.high, np.maximum) + margin)
+        | (low_ < seen(low, p.low, np.minimum) - margin)
+        | (spread_ > seen(spread, p.spread_high, np.maximum) + spread_margin)
+        | (spread_ < seen(spread, p.spread_low, np.minimum) - spread_margin)
     )
 
 
-def _short_mean(raw: np.ndarray) -> np.ndarray:
+def _short_mean(raw: np.ndarray, first: np.ndarray | None = None) -> np.ndarray:
+    """Mean of each bucket's raw deviation and the :data:`SHORT_BUCKETS` - 1 before it (fewer
+    at a sensor's first buckets). ``raw`` may start at bucket ``first`` of each sensor (its
+    first columns then lack earlier terms and are not meant to be used).
+
+    A plain sum of the window's terms, not differences of a running sum, so a bucket's mean is
+    the same however many buckets before it were computed.
+    """
     k = SHORT_BUCKETS
-    cum = np.cumsum(raw, axis=1)
-    out = cum.copy()
-    out[:, k:] = cum[:, k:] - cum[:, :-k]
-    n = np.minimum(np.arange(1, raw.shape[1] + 1), k)
-    return out / n
+    total = raw.copy()
+    for lag in range(1, k):
+        total[:, lag:] += raw[:, :-lag]
+    bucket = np.arange(raw.shape[1]) if first is None else first[:, None] + np.arange(raw.shape[1])
+    return total / np.minimum(bucket + 1, k)
 
 
-def score(X: np.ndarray, params: BaselineParams) -> np.ndarray:
+def score(X: np.ndarray, params: BaselineParams, n_context: np.ndarray | None = None) -> np.ndarray:
     """Graded anomaly scores in [0, 1] of ``s`` sensors over ``b`` buckets.
 
     Parameters
@@ -218,23 +316,43 @@ def score(X: np.ndarray, params: BaselineParams) -> np.ndarray:
         :data:`FEATURES` of each bucket, in time order; the first rows may be context.
     params : BaselineParams
         State of the ``s`` sensors.
+    n_context : ndarray of int of shape (s,), optional
+        Context rows at the start of each sensor (history before the window, whose scores
+        nobody reads). Their scores are not computed (NaN); the other rows' are exactly the
+        scores without it. Their raw deviations are needed only for the :data:`SHORT_BUCKETS`
+        average of the first window rows, and the novelty rule needs their values only, so
+        the sliding quartiles (most of the time) run over the window and 4 rows before it.
     """
     from scipy.special import log_ndtr  # scipy comes with scikit-learn; imported when used
 
-    out = np.empty(X.shape[:2])
-    for start in range(0, len(X), _BLOCK):
-        part = slice(start, start + _BLOCK)
-        p = params.take(np.arange(len(X))[part])
+    s, b = X.shape[:2]
+    out = np.empty((s, b))
+    if n_context is None:
+        wanted = np.zeros(s, dtype=np.intp)
+    else:
+        wanted = np.clip(np.asarray(n_context, dtype=np.intp), 0, b)
+        if wanted.shape != (s,):
+            raise ValueError(f"n_context has shape {wanted.shape}, expected ({s},)")
+    for block in range(0, s, _BLOCK):
+        part = slice(block, block + _BLOCK)
+        p = params.take(np.arange(s)[part])
         level, low, high, spread, day = (X[part, :, i] for i in range(5))
-        raw = np.log1p(deviations(level, day, p, (low, high, spread)))
-        standard = (_short_mean(raw) - p.raw_mean[:, None]) / p.raw_std[:, None]
+        start = wanted[part]
+        first = np.maximum(start - (SHORT_BUCKETS - 1), 0)  # the short mean's earliest term
+        n = b - int(first.min(initial=b))
+        raw = np.log1p(_deviations_from(level, day, p, (low, high, spread), first, n))
+        standard = (_short_mean(raw, first) - p.raw_mean[:, None]) / p.raw_std[:, None]
         single = (raw - p.raw_mean[:, None]) / p.raw_std[:, None]
         standard = np.where(single >= GATE_SD, standard, np.minimum(standard, single))
         standard = np.maximum(standard, single / SINGLE_BAR)
         log10_p = log_ndtr(-standard) / np.log(10.0)
         graded = np.clip(-log10_p / SCORE_DECADES, 0.0, 1.0)
-        novel = _novel(low, high, spread, p)
-        out[part] = np.where(novel, np.maximum(graded, NOVELTY_SCORE), graded)
+        novel = _novel_from(low, high, spread, p, first, n)
+        graded = np.where(novel, np.maximum(graded, NOVELTY_SCORE), graded)
+        result = _scatter(graded, first, b)
+        if start.any():
+            result[np.arange(b)[None, :] < start[:, None]] = np.nan  # context: not scored
+        out[part] = result
     return out
 
 

@@ -532,6 +532,9 @@ class ModelSet:
     graded = False
     """Whether :meth:`score` returns graded scores in [0, 1] (else margins: > 0 is anomalous,
     which :meth:`graded_scores` maps to [0, 1])."""
+    uses_history = False
+    """Whether a bucket's score depends on the buckets before it, so the scoring step gives the
+    models a chunk's context rows (else it leaves them out: nobody reads their scores)."""
 
     def __init__(
         self,
@@ -627,7 +630,13 @@ class ModelSet:
         """Model `index` as a :class:`SensorModel`."""
         raise NotImplementedError
 
-    def score(self, model_index: np.ndarray, X: np.ndarray, n_buckets: np.ndarray) -> SensorScores:
+    def score(
+        self,
+        model_index: np.ndarray,
+        X: np.ndarray,
+        n_buckets: np.ndarray,
+        n_context: np.ndarray | None = None,
+    ) -> SensorScores:
         """Anomaly scores of many sensors, each with its own model.
 
         Parameters
@@ -639,6 +648,11 @@ class ModelSet:
             sensor's `n_buckets` are padding (copies of its real rows).
         n_buckets : ndarray of int, shape (n_sensors,)
             Real bucket count of each sensor.
+        n_context : ndarray of int, shape (n_sensors,), optional
+            Context rows each sensor starts with (history before the window, never written):
+            a model that uses history (:attr:`uses_history`) need not score them, and their
+            scores may come back NaN. Other models are given no context rows by the scoring
+            step and ignore it.
         """
         raise NotImplementedError
 
@@ -719,7 +733,13 @@ class NpzModelSet(ModelSet):
         model_index = np.asarray(model_index, dtype=np.int64)
         return ocsvm_decision_function(X, self._prepared_for(X.shape[2]), model_index)
 
-    def score(self, model_index: np.ndarray, X: np.ndarray, n_buckets: np.ndarray) -> SensorScores:
+    def score(
+        self,
+        model_index: np.ndarray,
+        X: np.ndarray,
+        n_buckets: np.ndarray,
+        n_context: np.ndarray | None = None,
+    ) -> SensorScores:
         model_index = np.asarray(model_index, dtype=np.int64)
         failures = {}
         if self.invalid:
@@ -763,6 +783,7 @@ class BaselineModelSet(ModelSet):
 
     format = FORMAT_BASELINE
     graded = True
+    uses_history = True
 
     def __init__(self, path: Path, arrays: dict[str, np.ndarray]):
         from scoring.baseline import FEATURES, PARAM_FIELDS, BaselineParams
@@ -791,11 +812,17 @@ class BaselineModelSet(ModelSet):
     def calibration(self, index: int) -> dict:
         return json.loads(str(self.calibration_json[index]))
 
-    def score(self, model_index: np.ndarray, X: np.ndarray, n_buckets: np.ndarray) -> SensorScores:
+    def score(
+        self,
+        model_index: np.ndarray,
+        X: np.ndarray,
+        n_buckets: np.ndarray,
+        n_context: np.ndarray | None = None,
+    ) -> SensorScores:
         from scoring.baseline import score
 
         model_index = np.asarray(model_index, dtype=np.int64)
-        return SensorScores(score(X, self.params.take(model_index)), {})
+        return SensorScores(score(X, self.params.take(model_index), n_context), {})
 
     def model(self, index: int) -> SensorModel:
         from scoring.baseline import RobustBaseline
@@ -863,7 +890,13 @@ class SkopsModelSet(ModelSet):
             calibration=entry.get("calibration", {}),
         )
 
-    def score(self, model_index: np.ndarray, X: np.ndarray, n_buckets: np.ndarray) -> SensorScores:
+    def score(
+        self,
+        model_index: np.ndarray,
+        X: np.ndarray,
+        n_buckets: np.ndarray,
+        n_context: np.ndarray | None = None,
+    ) -> SensorScores:
         # The generic path: one estimator call per sensor. Any failure (untrusted or corrupt
         # entry, wrong feature count, estimator error) fails that sensor only.
         scores = np.full(X.shape[:2], np.nan)

@@ -414,6 +414,12 @@ def _score_table(
         )
         fail(np.flatnonzero(mixed), "rows of one sensor name different models")
 
+    # Context rows each sensor starts with (history before the window, in its row order).
+    lead = np.zeros(n_sensors, dtype=np.int64)
+    if n_sensors and context.any():
+        window_row = np.where(in_sorted(context), n_rows, np.arange(n_rows))
+        lead = np.minimum(np.minimum.reduceat(window_row, starts), starts + counts) - starts
+
     scores = np.full(n_rows, np.nan)
     scored_rows = np.zeros(n_rows, dtype=bool)
     feature_columns: dict[str, np.ndarray] = {}
@@ -470,6 +476,7 @@ def _score_table(
                     group_models,
                     starts,
                     counts,
+                    lead,
                     order,
                     feature,
                     scores,
@@ -516,8 +523,8 @@ def _score_table(
         errors_path.unlink()  # stale from an earlier run of this chunk
     predictions = pa.table(
         {
-            "device": table["device"].cast(pa.string()),
-            "sensor": table["sensor"].cast(pa.string()),
+            "device": table["device"],
+            "sensor": table["sensor"],
             "bucket_start": table["bucket_start"],
             "count": table["count"],
             "mean": table["mean"],
@@ -534,6 +541,10 @@ def _score_table(
     keep = scored_rows & ~context
     if not keep.all():
         predictions = predictions.filter(pa.array(keep))
+    # Names as plain strings, cast after the filter (only the rows written).
+    for name in ("device", "sensor"):
+        position = predictions.schema.get_field_index(name)
+        predictions = predictions.set_column(position, name, predictions[name].cast(pa.string()))
     predictions = predictions.select(
         list(PREDICTION_COLUMNS + EXPLANATION_COLUMNS)
     ).replace_schema_metadata({METADATA_CHUNK_ID: chunk_id, METADATA_ERRORS: str(len(failures))})
@@ -561,27 +572,43 @@ def _score_group(
     group_models: np.ndarray,
     starts: np.ndarray,
     counts: np.ndarray,
+    lead: np.ndarray,
     order: np.ndarray | None,
     feature,
     scores: np.ndarray,
     scored_rows: np.ndarray,
     failures: dict[int, str],
 ) -> None:
-    """Score the sensors at positions `group` (one model set, one feature tuple) in place."""
-    group_counts = counts[group]
+    """Score the sensors at positions `group` (one model set, one feature tuple) in place.
+
+    `lead` holds each sensor's leading context rows: history for models that use it
+    (``model_set.uses_history``: their scores are not computed), left out for the others.
+    """
+    group_starts, group_counts, n_context = starts[group], counts[group], lead[group]
+    if not model_set.uses_history:
+        group_starts, group_counts = group_starts + n_context, group_counts - n_context
+        n_context = np.zeros_like(n_context)
+        has_rows = group_counts > 0  # only context rows: nothing to score
+        if not has_rows.all():
+            group, group_models = group[has_rows], group_models[has_rows]
+            group_starts, group_counts = group_starts[has_rows], group_counts[has_rows]
+            n_context = n_context[has_rows]
+            if not len(group):
+                return
     width = int(group_counts.max())
     offsets = np.arange(width)
     # Row of each (sensor, bucket) cell; short sensors repeat their last row as padding, so
     # the tensor holds only real (finite-checked) values and padding is simply ignored.
-    rows = starts[group][:, None] + np.minimum(offsets, group_counts[:, None] - 1)
+    rows = group_starts[:, None] + np.minimum(offsets, group_counts[:, None] - 1)
     if order is not None:
         rows = order[rows]
     first, last = int(rows[0, 0]), int(rows[-1, -1])
-    if (
+    contiguous = bool(
         (group_counts == width).all()
         and last - first + 1 == rows.size
         and (order is None or (np.diff(rows.ravel()) == 1).all())
-    ):
+    )
+    if contiguous:
         # The usual case: the group's rows are one contiguous run (slices, no gather).
         X = np.empty((rows.size, len(names)))
         for column, name in enumerate(names):
@@ -602,28 +629,48 @@ def _score_group(
             )
         keep = ~bad
         group, group_models, group_counts = group[keep], group_models[keep], group_counts[keep]
-        rows, X = rows[keep], X[keep]
+        rows, X, n_context = rows[keep], X[keep], n_context[keep]
+        contiguous = False
         if not len(group):
             return
 
-    result = model_set.score(group_models, X, group_counts)
+    if model_set.uses_history:
+        result = model_set.score(group_models, X, group_counts, n_context)
+    else:  # given no context rows
+        result = model_set.score(group_models, X, group_counts)
     ok = np.ones(len(group), dtype=bool)
     for pos, reason in result.failures.items():
         failures.setdefault(int(group[pos]), reason)
         ok[pos] = False
-    valid = (offsets[None, :] < group_counts[:, None]) & ok[:, None]
-    target = rows[valid]
-    scores[target] = model_set.graded_scores(group_models, result.scores)[valid]
-    scored_rows[target] = True
+    # Context rows are never written, and models that use them do not score them.
+    valid = (
+        (offsets[None, :] >= n_context[:, None])
+        & (offsets[None, :] < group_counts[:, None])
+        & ok[:, None]
+    )
+    graded = model_set.graded_scores(group_models, result.scores)
+    if contiguous:  # cell (i, j) is row first + i * width + j
+        np.copyto(scores[first : last + 1], graded.ravel(), where=valid.ravel())
+        scored_rows[first : last + 1] |= valid.ravel()
+    else:
+        target = rows[valid]
+        scores[target] = graded[valid]
+        scored_rows[target] = True
 
 
 # --------------------------------------------------------------------------- many chunks
 
 _worker_models: ModelSetCache | None = None
 
+SCORING_PRELOAD: tuple[str, ...] = ("scoring.score", "scoring.baseline", "scipy.special")
+"""Modules a scoring worker needs, imported once in the fork server: ``scipy.special`` (the
+default detector's tail probabilities) alone takes 0.3-0.8 s to import, which every worker
+would pay again. A module that is not installed is skipped (scipy is needed only by the default
+detector; it comes with scikit-learn)."""
+
 
 def worker_context(
-    preload: Sequence[str] = ("scoring.score",),
+    preload: Sequence[str] = SCORING_PRELOAD,
 ) -> multiprocessing.context.BaseContext:
     """A process context for worker pools: ``forkserver`` preloaded with ``preload`` where the
     platform has it, else ``spawn``.

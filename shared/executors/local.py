@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from scoring.score import bind_worker_lifetime, terminate_pool, worker_context
+from scoring.score import SCORING_PRELOAD, bind_worker_lifetime, terminate_pool, worker_context
 from shared.blobs import (
     ERRORS_SUFFIX,
     PREDICTIONS_SUFFIX,
@@ -197,7 +197,7 @@ class LocalExecutor:
             return [step(self.connection, job, 0, shards[0])]
         pool = ProcessPoolExecutor(
             max_workers=len(shards),
-            mp_context=worker_context(["shared.executors.local"]),
+            mp_context=worker_context(["shared.executors.local", *SCORING_PRELOAD]),
             initializer=bind_worker_lifetime,
         )
         try:

@@ -128,3 +128,17 @@ def test_scores_equal_the_partition_implementation(monkeypatch):
     reference = baseline.score(X, params)
     np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-12)
     assert ((fast > 0.05) & (fast < 0.95)).any() and (fast >= 0.5).any()
+
+
+def test_numpy_without_bitwise_count_selects_the_same(monkeypatch):
+    """The SWAR fallbacks (numpy < 2.0 has no np.bitwise_count) select the same elements."""
+    from scoring import rolling
+
+    rng = np.random.default_rng(4)
+    values = np.round(rng.normal(size=(6, 156)), 1)
+    expected = rolling.sliding_order_statistics(values, 48, (12, 24, 36), 108)
+    monkeypatch.setattr(rolling, "_popcount", _popcount_swar)
+    monkeypatch.setattr(rolling, "_byte_counts", rolling._byte_counts_swar)
+    got = rolling.sliding_order_statistics(values, 48, (12, 24, 36), 108)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, partition_order_statistics(values, 48, (12, 24, 36), 108))
