@@ -17,6 +17,7 @@ from sqlalchemy import Column, Connection, DateTime, Engine, MetaData, Table, in
 from sqlalchemy.exc import IntegrityError
 
 from shared import aggregates
+from shared.db import pg_arrays
 from shared.db.dialects import bucket_start_of
 from shared.db.engine import trust_recent_connections
 from shared.db.retry import call_with_sql_retry
@@ -257,6 +258,7 @@ def _widths(conn: Connection) -> list[int]:
 # prepares it server-side after a few executions on a connection; it is compiled once per
 # process here.
 _PG_SQL: dict[str, str] = {}
+_PG_ARRAYS = "pg_arrays_registered"  # connection info key: shared.db.pg_arrays' dumpers added
 
 
 def _postgresql_sql(conn: Connection) -> str:
@@ -273,7 +275,7 @@ def _postgresql_sql(conn: Connection) -> str:
         agg = ", ".join(aggregates.COLUMNS)
         _PG_SQL["move"] = (
             "WITH input AS ("
-            # %b: psycopg sends the arrays in binary (no text formatting and parsing).
+            # %b: binary parameters, built by shared.db.pg_arrays.
             "SELECT * FROM unnest(%b::timestamp[], %b::varchar[], %b::varchar[], %b::float8[]) "
             f"AS u({cols})), "
             f"fresh AS (INSERT INTO readings ({cols}) SELECT {cols} FROM input ORDER BY {key} "
@@ -296,12 +298,14 @@ def _postgresql_sql(conn: Connection) -> str:
             "max = greatest(bucket_aggregates.max, excluded.max), "
             "sum_sq = bucket_aggregates.sum_sq + excluded.sum_sq), "
             "n AS (SELECT count(*) AS inserted FROM fresh) "
-            "SELECT n.inserted, e.ts, e.device, e.sensor, e.value FROM n LEFT JOIN LATERAL ("
+            "SELECT (SELECT inserted FROM n), e.ts, e.device, e.sensor, e.value "
+            "FROM (SELECT 1) AS one LEFT JOIN ("
             "SELECT r.ts, r.device, r.sensor, r.value FROM input AS i CROSS JOIN LATERAL ("
             "SELECT readings.ts, readings.device, readings.sensor, readings.value "
             "FROM readings WHERE readings.ts = i.ts AND readings.device = i.device "
             "AND readings.sensor = i.sensor LIMIT 1) AS r "
-            "WHERE n.inserted < (SELECT count(*) FROM input)) AS e ON true"
+            # Uncorrelated: a one-time filter, so the probes run only when keys were skipped.
+            "WHERE (SELECT inserted FROM n) < (SELECT count(*) FROM input)) AS e ON true"
         )
     return _PG_SQL["move"]
 
@@ -324,11 +328,15 @@ def _insert_postgresql_autocommit(
 
 def _insert_postgresql(conn: Connection, rows: Sequence[Reading]) -> tuple[int, dict[tuple, float]]:
     """Insert ``rows`` on PostgreSQL in one statement; returns (inserted, existing values)."""
+    info = conn.connection.info
+    if _PG_ARRAYS not in info:
+        pg_arrays.register(conn.connection.driver_connection)
+        info[_PG_ARRAYS] = True
     params = (
-        [r.ts for r in rows],
-        [r.device for r in rows],
-        [r.sensor for r in rows],
-        [r.value for r in rows],
+        pg_arrays.timestamp_array([r.ts for r in rows]),
+        pg_arrays.varchar_array([r.device for r in rows]),
+        pg_arrays.varchar_array([r.sensor for r in rows]),
+        pg_arrays.float8_array([r.value for r in rows]),
     )
     result = conn.exec_driver_sql(_postgresql_sql(conn), params).all()
     inserted = result[0][0]
