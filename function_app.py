@@ -17,7 +17,7 @@ import azure.functions as func
 # (bench/bench_coldstart.py; tests/test_worker_index.py imports those lazy imports too).
 from shared.context import get_context
 from shared.logs import configure_logging
-from shared.routes import declared_routes
+from shared.routes import registered_routes
 from shared.settings import Settings
 
 # Read and validate every setting now: a malformed one raises SettingsError naming the setting
@@ -88,17 +88,18 @@ def scheduled_run(timer: func.TimerRequest) -> None:
 
 
 # Timer: retraining (shared.training). NCRONTAB from TRAINING_SCHEDULE (daily by default); a
-# sensor is trained at most once per occurrence, so a double or late fire is harmless. Batches
-# are bounded and no batch starts after the service's budget (below host.json's functionTimeout):
-# the sensors not reached stay due and go first next time.
+# sensor is trained at most once per occurrence, so a double or late fire is harmless. The timer
+# decides who is due, writes the training chunks and submits a training job to the executor (the
+# local pool trains here, as it scores; Azure ML trains on the cluster and the timer returns at
+# once); completion registers the models through the fitness gate, exactly once.
 @app.function_name("scheduled_training")
 @app.schedule(
     arg_name="timer", schedule="%TRAINING_SCHEDULE%", run_on_startup=False, use_monitor=True
 )
 def scheduled_training(timer: func.TimerRequest) -> None:
-    from shared.training.service import TIMER_BUDGET_SECONDS, retrain_due
+    from shared.training.service import retrain_due
 
-    report = retrain_due(get_context(), budget_seconds=TIMER_BUDGET_SECONDS)
+    report = retrain_due(get_context())
     log.info(
         "scheduled_training done",
         extra={"past_due": timer.past_due, "retraining": report.as_dict(limit=20)},
@@ -148,57 +149,6 @@ def fail_poisoned_run_request(message: func.QueueMessage) -> None:
     log.info("fail_poisoned_run_request done", extra={"message_id": message.id, "outcome": outcome})
 
 
-def _http(handler_name: str):
-    def call(req: func.HttpRequest) -> func.HttpResponse:
-        from shared import api
-
-        return api.handle(getattr(api, handler_name), get_context(), req)
-
-    return call
-
-
-@app.function_name("start_run")
-@app.route(route="runs", methods=["POST"])
-def start_run(req: func.HttpRequest) -> func.HttpResponse:
-    return _http("start_run_handler")(req)
-
-
-@app.function_name("list_runs")
-@app.route(route="runs", methods=["GET"])
-def list_runs(req: func.HttpRequest) -> func.HttpResponse:
-    return _http("list_runs_handler")(req)
-
-
-@app.function_name("get_run")
-@app.route(route="runs/{run_id}", methods=["GET"])
-def get_run(req: func.HttpRequest) -> func.HttpResponse:
-    return _http("get_run_handler")(req)
-
-
-@app.function_name("run_report")
-@app.route(route="runs/{run_id}/report", methods=["GET"])
-def run_report(req: func.HttpRequest) -> func.HttpResponse:
-    return _http("report_handler")(req)
-
-
-@app.function_name("list_anomalies")
-@app.route(route="anomalies", methods=["GET"])
-def list_anomalies(req: func.HttpRequest) -> func.HttpResponse:
-    return _http("anomalies_handler")(req)
-
-
-@app.function_name("get_anomaly")
-@app.route(route="anomalies/{event_id}", methods=["GET"])
-def get_anomaly(req: func.HttpRequest) -> func.HttpResponse:
-    return _http("anomaly_handler")(req)
-
-
-@app.function_name("openapi")
-@app.route(route="openapi.json", methods=["GET"])
-def openapi(req: func.HttpRequest) -> func.HttpResponse:
-    return _http("openapi_handler")(req)
-
-
 # Timer: alerts left in the outbox (a receiver was down, or the send after a recording was cut
 # short) are sent here, with their backoff; every 5 minutes, a query when nothing is due.
 @app.function_name("deliver_alerts")
@@ -213,9 +163,11 @@ def deliver_alerts(timer: func.TimerRequest) -> None:
     log.info("deliver_alerts done", extra=report.as_dict())
 
 
-# Declared routes (shared.routes): alert rules, mutes, the delivery log, feedback. Each is
-# registered from its declaration, which the OpenAPI document is derived from as well.
-def _declared(route):
+# HTTP: every route is declared once (shared.routes: runs, anomaly events, alerts, feedback, the
+# OpenAPI document) and registered here from its declaration, which the OpenAPI document is
+# derived from as well (tests/test_routes.py checks the three sets are one). The handler module
+# is imported on the first call; shared.api.handle strips the function key and maps errors.
+def _http(route):
     def call(req: func.HttpRequest) -> func.HttpResponse:
         from shared import api
 
@@ -226,7 +178,7 @@ def _declared(route):
     return call
 
 
-for _route in declared_routes():
+for _route in registered_routes():
     app.function_name(_route.name)(
-        app.route(route=_route.path, methods=[_route.method])(_declared(_route))
+        app.route(route=_route.path, methods=[_route.method])(_http(_route))
     )

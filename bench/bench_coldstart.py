@@ -54,7 +54,11 @@ def rss():
 which = sys.argv[1]
 if which == "list_runs":
     request = func.HttpRequest("GET", "http://localhost/api/runs", params={}, body=b"")
-    call = lambda: function_app.list_runs(request)
+    # HTTP functions are registered from their route declarations (shared.routes), not as
+    # module attributes: take the user function the host would call.
+    functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
+    list_runs = functions["list_runs"].get_user_function()
+    call = lambda: list_runs(request)
 else:
     from datetime import UTC, datetime, timedelta
     start = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1,16 +1,17 @@
 """Batch scoring of many per-sensor anomaly-detection models: files in, files out.
 
-This package is the scoring step that Azure ML runs from the job's code snapshot and that the
-local executor runs in a process pool. It is self-contained: it imports only numpy, pyarrow
-(plus scikit-learn, skops and pandas for training and the generic model format) and never the
-application's ``shared`` package or any ``azure`` SDK. Its environment is declared in
-``scoring/environment.yml`` / ``scoring/requirements.txt``.
+This package is the scoring step (and the training step) that Azure ML runs from the job's
+code snapshot and that the local executor runs in a process pool. It is self-contained: it
+imports only numpy, pyarrow (plus scikit-learn, skops and pandas for training and the generic
+model format) and never the application's ``shared`` package or any ``azure`` SDK. Its
+environment is declared in ``scoring/environment.yml`` / ``scoring/requirements.txt``.
 
 Modules: :mod:`scoring.features` (the feature contract), :mod:`scoring.model_sets` (model set
 formats, safe loading, bulk scoring), :mod:`scoring.kernels` (the vectorised one-class SVM),
-:mod:`scoring.score` (the step and its CLI) and :mod:`scoring.modeling` (fitting, calibration,
+:mod:`scoring.score` (the step and its CLI), :mod:`scoring.modeling` (fitting, calibration,
 writing; imported lazily here because scikit-learn takes a second to import and the scoring
-hot path does not need it).
+hot path does not need it), :mod:`scoring.train` (the training step and its CLI: training chunks
+in, model sets and summaries out) and :mod:`scoring.estimators` (the named estimators).
 """
 
 from __future__ import annotations

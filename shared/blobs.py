@@ -8,13 +8,16 @@ same blobs instead of adding copies.
 Containers (names from settings)::
 
     models       sets/<set_id>.<ext>                        many models per file
+                 training/<job_id>/<chunk_id>.training.json what a training step fitted (summary)
     chunks       runs/<run_id>/<chunk_id>.parquet           features for the scoring step
+                 training/<job_id>/<chunk_id>.parquet       training window for the training step
     predictions  runs/<run_id>/<chunk_id>.predictions.parquet  <- the blob trigger fires here
                  runs/<run_id>/<chunk_id>.errors.parquet    per-sensor failures (written first)
     deadletters  eventhub/<partition>/<sequence>.jsonl      one event's rejects, with reasons
                  import/<file>-<sha256>.jsonl               one CSV file's rejected rows
     reports      runs/<run_id>/report.html
                  training/<window_end>.json                 what a retraining did (shared.training)
+                 training/jobs/<job_id>.json                what a training job registered
 """
 
 from __future__ import annotations
@@ -60,6 +63,23 @@ def deadletter_blob(source: str, key: str) -> str:
     return f"{source}/{key}.jsonl"
 
 
+TRAINING_SUMMARY_SUFFIX = ".training.json"
+
+
+def training_prefix(job_id: str) -> str:
+    """The folder of a training job in the chunks container (its chunks) and in the models
+    container (its steps' summaries)."""
+    return f"training/{job_id}/"
+
+
+def training_chunk_blob(job_id: str, chunk_id: str) -> str:
+    return f"training/{job_id}/{chunk_id}.parquet"
+
+
+def training_summary_blob(job_id: str, chunk_id: str) -> str:
+    return f"training/{job_id}/{chunk_id}{TRAINING_SUMMARY_SUFFIX}"
+
+
 def report_blob(run_id: str) -> str:
     return f"runs/{run_id}/report.html"
 
@@ -67,6 +87,11 @@ def report_blob(run_id: str) -> str:
 def training_report_blob(window_end: datetime) -> str:
     """The report of the retraining whose trailing window ends at ``window_end`` (naive UTC)."""
     return f"training/{window_end:%Y%m%dT%H%M%S}.json"
+
+
+def training_job_report_blob(job_id: str) -> str:
+    """What a training job registered, written when it ends (shared.training)."""
+    return f"training/jobs/{job_id}.json"
 
 
 @dataclass(frozen=True)

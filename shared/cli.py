@@ -304,14 +304,11 @@ def cmd_train_due(args, settings: Settings) -> int:
     if args.start or args.hours or args.device or args.sensor:
         raise SystemExit("--due takes its window and sensors from the settings (only --end)")
     now = _time(args.end) if args.end else utcnow()
-    with LocalServices(settings) as ctx, _progress(-1, "retrain (sensors)") as bar:
-
-        def progress(done, total):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        report = retrain_due(ctx, now, estimator=args.estimator, progress=progress)
+    with LocalServices(settings) as ctx:
+        # Chunks written, then the job on EXECUTOR: the local pool trains and the call returns
+        # with the models registered; Azure ML returns at once (a later `tick` or `train --due`
+        # registers what the cluster fitted).
+        report = retrain_due(ctx, now, estimator=args.estimator)
     print(json.dumps(report.as_dict(), indent=1))
     return 0
 

@@ -9,6 +9,10 @@ timer in bounded batches (issue 12).
   of at most one chunk's rows), then those runs' chunk and error rows; the run rows themselves
   stay (a few per hour) so the run history keeps its counts.
 - Anomaly events that ended before the same cutoff, found through the index on ``start``.
+- Alert notifications (the outbox) created before the same cutoff whose event is gone: an
+  event's notifications stay as long as the event, so its exactly-once keys still hold for any
+  re-run that could touch it, and a deleted event's announcement is not mistaken for one a re-run
+  withdrew.
 
 Each time-keyed delete takes at most ``batch_rows`` rows (the batch ends at the timestamp of the
 ``batch_rows``-th oldest row, found by an index seek), in its own short transaction, so no delete
@@ -23,10 +27,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, delete, select
+from sqlalchemy import Engine, and_, delete, exists, select
 
 from shared.db.schema import (
     aggregate_widths,
+    alert_outbox,
     anomaly_events,
     bucket_aggregates,
     predictions,
@@ -52,6 +57,7 @@ class Purged:
     predictions: int = 0
     runs: int = 0
     anomaly_events: int = 0
+    alert_outbox: int = 0
     complete: bool = True  # False: the budget ran out, the rest goes next tick
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -62,6 +68,7 @@ class Purged:
             "predictions": self.predictions,
             "runs": self.runs,
             "anomaly_events": self.anomaly_events,
+            "alert_outbox": self.alert_outbox,
             "complete": self.complete,
         }
 
@@ -201,6 +208,25 @@ def purge(
     )
     out.complete &= done
     out.seconds["anomaly_events"] = time.perf_counter() - started
-    if out.readings or out.bucket_aggregates or out.predictions or out.anomaly_events:
+
+    started = time.perf_counter()
+    out.alert_outbox, done = _delete_older(
+        engine,
+        alert_outbox,
+        alert_outbox.c.created_at,
+        predictions_cutoff,
+        deadline,
+        batch_rows,
+        where=(~exists().where(anomaly_events.c.event_id == alert_outbox.c.event_id),),
+    )
+    out.complete &= done
+    out.seconds["alert_outbox"] = time.perf_counter() - started
+    if (
+        out.readings
+        or out.bucket_aggregates
+        or out.predictions
+        or out.anomaly_events
+        or out.alert_outbox
+    ):
         log.info("retention purged old rows", extra=out.as_dict())
     return out

@@ -922,3 +922,168 @@ def test_importing_function_app_does_not_import_azure_ai_ml():
         env={**os.environ, "DATA_DIR": str(ROOT / ".data")},
     )
     assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- training jobs
+
+TRAINING_JOB_ID = "train-20260301T040000-0badcafe0bad-1"
+
+
+def training_job(chunk_ids, n_sensors=None):
+    from shared.blobs import training_chunk_blob
+    from shared.executors.base import TrainingJob
+
+    n_sensors = n_sensors or [2] * len(chunk_ids)
+    return TrainingJob(
+        TRAINING_JOB_ID,
+        WINDOW,
+        tuple(
+            ChunkRef(c, training_chunk_blob(TRAINING_JOB_ID, c), (), n)
+            for c, n in zip(chunk_ids, n_sensors, strict=True)
+        ),
+        "chunks",
+        "models",
+    )
+
+
+def test_training_pipeline_job_has_parallel_training_steps(aml_settings, tmp_path):
+    """Same shape as a run's job: one command step per shard (AZUREML_MAX_STEPS 3 here), each
+    `python -m scoring.train` over its chunks, the job's chunk folder mounted read-only, model
+    sets and summaries written through rw_mount outputs on the models datastore."""
+    from azure.ai.ml import load_job
+
+    from shared.azureml.jobs import build_training_pipeline_job, training_node_name
+
+    job = training_job([f"c{i:05d}" for i in range(5)], [3, 1, 2, 5, 2])
+    code_dir = stage_code(tmp_path / "code")
+    built = build_training_pipeline_job(job, aml_settings, code_dir=code_dir, client_id=CLIENT_ID)
+    assert built._validate().passed
+    got = describe(built)
+    shards = shard_chunks(job.chunks, 3)
+    assert list(got["steps"]) == [training_node_name(TRAINING_JOB_ID, i) for i in range(3)]
+    assert got["tags"]["training_job_id"] == TRAINING_JOB_ID
+    assert got["settings"]["continue_on_step_failure"] == "True"
+    for index, step in enumerate(got["steps"].values()):
+        assert step["command"] == (
+            "python -m scoring.train --chunks ${{inputs.chunks}} --output "
+            "${{outputs.summaries}} --models-output ${{outputs.model_sets}}"
+            + "".join(f" --chunk {c.chunk_id}.parquet" for c in shards[index])
+        )
+        assert (Path(step["code"]) / "scoring" / "train.py").is_file()
+        assert step["inputs"] == {
+            "chunks": (
+                "uri_folder",
+                f"azureml://datastores/ds_chunks/paths/training/{TRAINING_JOB_ID}/",
+                "ro_mount",
+            )
+        }
+        assert step["outputs"] == {
+            "summaries": (
+                "uri_folder",
+                f"azureml://datastores/ds_models/paths/training/{TRAINING_JOB_ID}/",
+                "rw_mount",
+            ),
+            "model_sets": ("uri_folder", "azureml://datastores/ds_models/paths/sets/", "rw_mount"),
+        }
+        assert step["identity"] == {"type": "managed_identity", "client_id": CLIENT_ID}
+        assert step["timeout"] == 30 * 60 and step["is_deterministic"] is False
+    loaded = load_job(dump_pipeline_job(built, tmp_path / "job" / "training.yml"))
+    assert describe(loaded) == got
+
+
+@pytest.fixture
+def training_ctx(ctx, monkeypatch):
+    """The test's app context on EXECUTOR=azureml, its workspace client a fake of
+    ``MLClient.jobs`` only (Azure ML's service cannot be reached here); hourly retraining over
+    4 hours."""
+    import shared.executors.azureml as azureml_executor
+
+    aml = Settings.from_env(AZUREML_ENV).azureml
+    ctx.settings = dataclasses.replace(
+        ctx.settings,
+        executor="azureml",
+        azureml=aml,
+        train_window_hours=4.0,
+        training_schedule="0 0 * * * *",
+    )
+    fake = FakeJobs("Running")
+    monkeypatch.setitem(
+        azureml_executor._clients,
+        (aml.subscription_id, aml.resource_group, aml.workspace),
+        SimpleNamespace(jobs=fake),
+    )
+    return ctx, fake
+
+
+def run_training_steps_as_the_cluster_would(ctx, pipeline_job, root: Path) -> None:
+    """Each step's exact command line run here in the staged code folder, with local folders
+    for the mounts; then the outputs copied to Azurite where the rw_mounts would put them."""
+    from shared.azureml.jobs import MODEL_SETS_PLACEHOLDER, SUMMARIES_PLACEHOLDER
+
+    settings = ctx.settings
+    job_id = pipeline_job.tags["training_job_id"]
+    chunks_dir, summaries, sets = root / "chunks", root / "summaries", root / "sets"
+    for name in ctx.store.list(settings.chunks_container, f"training/{job_id}/"):
+        ctx.store.download_to(settings.chunks_container, name, chunks_dir / name.rsplit("/")[-1])
+    code_dir = stage_code(root / "code")
+    mounts = {
+        CHUNKS_PLACEHOLDER: chunks_dir,
+        SUMMARIES_PLACEHOLDER: summaries,
+        MODEL_SETS_PLACEHOLDER: sets,
+    }
+    for node in pipeline_job.jobs.values():
+        run_step_locally(node.command, code_dir, mounts)
+    for path in sets.iterdir():
+        if not path.name.startswith("."):
+            ctx.store.upload_file(settings.models_container, model_set_blob(path.name), path)
+    for path in summaries.iterdir():
+        if not path.name.startswith("."):
+            ctx.store.upload_file(settings.models_container, f"training/{job_id}/{path.name}", path)
+
+
+def test_training_on_azure_ml_returns_at_once_and_completes_on_the_next_collect(
+    training_ctx, tmp_path
+):
+    """The timer's call writes the chunks, submits the pipeline job and returns with nothing
+    registered; the steps run (here, their command lines); the next collect (every tick does
+    one) registers and activates every model, once."""
+    from shared.training import jobs as training_jobs
+    from shared.training.service import collect_training, retrain_due
+    from tests.test_retraining import HOUR, T0, active, ingest, versions
+
+    ctx, fake = training_ctx
+    ids = ingest(hours=4)
+    report = retrain_due(ctx, T0 + 4 * HOUR)
+    assert report.job_status == training_jobs.TRAINING and report.activated == []
+    ((sent, _),) = fake.sent
+    job = training_jobs.get_job(ctx.engine, report.job_id)
+    assert job.backend_job_id == sent.name and job.job_url.startswith("https://ml.azure.com/")
+    assert all(n.command.startswith("python -m scoring.train ") for n in sent.jobs.values())
+    assert collect_training(ctx) == [] and active(ctx) == {}  # still training
+
+    run_training_steps_as_the_cluster_would(ctx, sent, tmp_path / "cluster")
+    fake.status = "Completed"
+    outcomes = collect_training(ctx)
+    assert sorted(a for o in outcomes for a in o.activated) == [(d, s, 1) for d, s in sorted(ids)]
+    assert training_jobs.get_job(ctx.engine, job.job_id).status == training_jobs.COMPLETED
+    assert collect_training(ctx) == [] and versions(ctx) == {k: [1] for k in ids}
+    assert active(ctx) == {k: 1 for k in ids}
+
+
+def test_a_failed_azure_ml_training_job_fails_its_chunks_with_azure_mls_words(training_ctx):
+    from shared.training import jobs as training_jobs
+    from shared.training.service import collect_training, retrain_due
+    from tests.test_retraining import HOUR, T0, active, ingest
+
+    ctx, fake = training_ctx
+    ingest(hours=4, devices=1)
+    report = retrain_due(ctx, T0 + 4 * HOUR)
+    fake.status = "Failed"
+    [outcome] = collect_training(ctx)
+    job = training_jobs.get_job(ctx.engine, report.job_id)
+    assert job.status == training_jobs.FAILED and "Failed" in job.error
+    assert outcome.reason == job.error and active(ctx) == {}
+    # Its sensors are due again: the next call submits a new attempt.
+    fake.status = "Running"
+    again = retrain_due(ctx, T0 + 4 * HOUR)
+    assert again.job_id.endswith("-2") and len(fake.sent) == 2

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import func, insert, select, text
 
 from shared.db.schema import (
+    alert_outbox,
     anomaly_events,
     bucket_aggregates,
     predictions,
@@ -122,6 +123,31 @@ def _event(conn, n: int, start: datetime, end: datetime) -> None:
     )
 
 
+def _notification(conn, event_n: int, state: str, created_at: datetime) -> None:
+    conn.execute(
+        insert(alert_outbox),
+        [
+            {
+                "notification_id": f"n-{event_n}-{state}",
+                "event_id": f"ev-{event_n:06d}",
+                "state": state,
+                "seq": 0 if state == "opened" else 2,
+                "target": "eventgrid",
+                "device": f"dev-{event_n % 97}",
+                "sensor": f"s{event_n:06d}",
+                "run_id": "r",
+                "severity": "warning",
+                "payload": "{}",
+                "status": "sent",
+                "attempts": 1,
+                "next_attempt_at": created_at,
+                "created_at": created_at,
+                "sent_at": created_at,
+            }
+        ],
+    )
+
+
 def test_purge_deletes_what_retention_no_longer_keeps_in_bounded_batches(ctx):
     insert_readings(ctx.engine, _readings(OLD, 10, 5))  # 50 old readings, 10 buckets x 5
     insert_readings(ctx.engine, _readings(RECENT, 10, 5))
@@ -131,6 +157,11 @@ def test_purge_deletes_what_retention_no_longer_keeps_in_bounded_batches(ctx):
         _event(conn, 1, ANCIENT, ANCIENT + timedelta(minutes=5))  # ended long ago: deleted
         _event(conn, 2, ANCIENT, NOW - timedelta(days=1))  # began long ago, still going: kept
         _event(conn, 3, RECENT, RECENT + timedelta(minutes=5))
+        for state in ("opened", "closed"):
+            _notification(conn, 1, state, ANCIENT)  # its event goes: they go
+            _notification(conn, 2, state, ANCIENT)  # its event stays: its keys stay
+            _notification(conn, 3, state, RECENT)
+        _notification(conn, 4, "opened", RECENT)  # event gone (re-run) but recent: kept
 
     # A budget already spent starts no batch, and says the work is not complete.
     spent = purge(ctx.engine, NOW, 30, 90, batch_rows=7, budget_seconds=-1)
@@ -152,6 +183,10 @@ def test_purge_deletes_what_retention_no_longer_keeps_in_bounded_batches(ctx):
     with ctx.engine.connect() as conn:
         kept = sorted(r for (r,) in conn.execute(select(anomaly_events.c.event_id)))
     assert kept == ["ev-000002", "ev-000003"] and purged.anomaly_events == 1
+    with ctx.engine.connect() as conn:
+        notified = sorted(r for (r,) in conn.execute(select(alert_outbox.c.notification_id)))
+    assert purged.alert_outbox == 2
+    assert notified == ["n-2-closed", "n-2-opened", "n-3-closed", "n-3-opened", "n-4-opened"]
 
     again = purge(ctx.engine, NOW, 30, 90, batch_rows=7)
     assert again.complete and again.as_dict() == {
@@ -160,6 +195,7 @@ def test_purge_deletes_what_retention_no_longer_keeps_in_bounded_batches(ctx):
         "predictions": 0,
         "runs": 0,
         "anomaly_events": 0,
+        "alert_outbox": 0,
         "complete": True,
     }
 

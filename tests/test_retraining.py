@@ -27,7 +27,6 @@ from shared.runs import records
 from shared.runs.service import start_run
 from shared.runs.windows import Window
 from shared.simulate import FleetSpec, make_fleet
-from shared.training import service
 from shared.training.service import (
     KEPT_TOO_FEW_BUCKETS,
     KEPT_UNFIT,
@@ -134,7 +133,7 @@ def test_first_training_is_automatic_and_a_second_call_adds_nothing(ctx):
     assert stored["activated"] == 6 and stored["due"] == {"first_training": 6, "retraining": 0}
 
     again = retrain_due(ctx, now, workers=1)
-    assert (again.due, again.activated, again.batches) == (0, [], 0)
+    assert (again.due, again.activated, again.job_id) == (0, [], None)
     # Later, but before the next occurrence of the (hourly) schedule: still nothing due.
     later = retrain_due(ctx, now + timedelta(minutes=15), workers=1)
     assert later.due == 0
@@ -253,21 +252,22 @@ def test_persistent_level_shift_stops_being_flagged_after_retraining(ctx):
         assert flagged_share(ctx, after.run_id, other) <= 0.05
 
 
-def test_bounded_batches_resume_where_the_budget_stopped(ctx, monkeypatch):
-    """Batches hold at most BATCH_BUCKETS buckets (here two sensors' 240); a spent budget stops
-    after the first batch, and the sensors not reached are due, and go first, next time."""
-    monkeypatch.setattr(service, "BATCH_BUCKETS", 2 * 240)
+def test_training_chunks_are_bounded_and_each_is_registered_once(ctx, monkeypatch):
+    """A chunk holds at most CHUNK_ROWS buckets (here two sensors' 240): six sensors are three
+    chunks of one job, trained in the local pool (two workers) and each registered once."""
+    from shared.training import jobs, prepare
+
+    monkeypatch.setattr(prepare, "CHUNK_ROWS", 2 * 240)
     ids = ingest(hours=4)
-    now = T0 + 4 * HOUR
-    calls = [retrain_due(ctx, now, budget_seconds=0, workers=1) for _ in range(4)]
-    assert [(r.due, r.batches, r.batches_done, r.not_reached) for r in calls] == [
-        (6, 3, 1, 4),
-        (4, 2, 1, 2),
-        (2, 1, 1, 0),
-        (0, 0, 0, 0),
+    report = retrain_due(ctx, T0 + 4 * HOUR, workers=2)
+    assert (report.due, report.chunks, report.job_status) == (6, 3, jobs.COMPLETED)
+    assert sorted(report.activated) == [(d, s, 1) for d, s in sorted(ids)]
+    rows = jobs.chunk_rows(ctx.engine, report.job_id)
+    assert [(r.chunk_id, r.n_sensors, r.status) for r in rows] == [
+        (f"c{i:05d}", 2, jobs.CHUNK_REGISTERED) for i in range(3)
     ]
-    trained = [sorted((d, s) for d, s, _ in r.activated) for r in calls[:3]]
-    assert trained == [sorted(ids)[0:2], sorted(ids)[2:4], sorted(ids)[4:6]]
+    job = jobs.get_job(ctx.engine, report.job_id)
+    assert (job.n_chunks, job.n_chunks_done, job.n_activated, job.n_kept) == (3, 3, 6, 0)
     assert versions(ctx) == {k: [1] for k in ids}
 
 

@@ -124,6 +124,22 @@ def test_the_check_catches_a_lazy_import_missing_from_requirements(tmp_path):
     assert all(v == "ok" for v in report["functions"].values())
 
 
+def test_the_check_follows_handlers_named_in_route_declarations(tmp_path):
+    """HTTP handlers are imported by the name their route declares (``"module:function"``,
+    shared.routes), not by an import statement: a package requirements.txt lacks, imported
+    in one of them, fails the check too."""
+    app = _app_copy(tmp_path)
+    handlers = app / "shared" / "events" / "http.py"
+    handlers.write_text(
+        handlers.read_text()
+        + "\n\ndef _needs_a_dev_only_package():\n    import psycopg  # noqa: F401\n"
+    )
+    code, report, _ = run_check(app)
+    assert code == 1
+    assert report["imports"]["psycopg"] != "ok"
+    assert report["imports"]["shared.events.http:anomalies_handler"] == "ok"
+
+
 @pytest.mark.parametrize(
     "name, value, rule",
     [

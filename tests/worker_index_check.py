@@ -10,8 +10,9 @@ For each function the worker indexes, ``Registry().add_indexed_function`` runs t
 worker applies at load time (binding directions, parameter annotations, return types). The host
 itself is not needed: those checks read only the ``BindingInfo`` enum values of the host protocol
 (FunctionRpc.proto), given below. Then every module the app can import is imported, including
-the imports inside function bodies (lazy imports) of the app's own modules, found statically, so
-a package missing from ``requirements.txt`` fails here and not on the first invocation in Azure.
+the imports inside function bodies (lazy imports) of the app's own modules, found statically from
+``function_app`` and from the HTTP handlers its route declarations name, so a package missing
+from ``requirements.txt`` fails here and not on the first invocation in Azure.
 
 Prints one JSON object: ``functions`` (name -> "ok" or the error), ``declared`` (how many
 functions the app's FunctionApp holds), ``imports`` (module -> "ok" or the error).
@@ -96,11 +97,11 @@ def _imports_in(path: Path, module: str) -> set[str]:
     return found
 
 
-def reachable_imports(app_dir: Path) -> list[str]:
-    """Modules (and ``module:name`` pairs) reachable from function_app through the app's code."""
+def reachable_imports(app_dir: Path, roots: list[str]) -> list[str]:
+    """Modules (and ``module:name`` pairs) reachable from ``roots`` through the app's code."""
     seen_project: set[str] = set()
-    todo = ["function_app"]
-    found: set[str] = set()
+    todo = list(roots)
+    found: set[str] = set(roots)
     while todo:
         module = todo.pop()
         if module in seen_project:
@@ -163,7 +164,13 @@ def main(app_dir: str) -> int:
         except Exception as exc:
             report["functions"][name] = _error(exc)
             ok = False
-    for item in reachable_imports(app_path):
+    # The HTTP handlers are named in the route declarations ("module:function", imported on the
+    # first call, not by an import statement): they and what they import are checked too.
+    handlers = [
+        route.handler for route in importlib.import_module("shared.routes").registered_routes()
+    ]
+    roots = ["function_app", *{handler.split(":")[0] for handler in handlers}]
+    for item in sorted({*reachable_imports(app_path, roots), *handlers}):
         try:
             check_import(item)
             report["imports"][item] = "ok"

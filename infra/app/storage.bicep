@@ -24,6 +24,9 @@ param chunksContainerName string = 'chunks'
 @description('Container of the scoring step\'s predictions files; its blobs are deleted by lifecycle management.')
 param predictionsContainerName string = 'predictions'
 
+@description('Container of the model sets; the training steps\' summaries under training/ are deleted by lifecycle management (model sets are kept: the registry keeps every version).')
+param modelsContainerName string = 'models'
+
 // Chunks are read once, by the run's scoring step (a re-run writes its own): a week covers a run
 // retried or investigated; at 1M sensors an hourly run writes ~1.7 GB of chunks (docs/scale.md).
 @description('Days after its last change a chunk blob is deleted.')
@@ -101,6 +104,24 @@ resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05
             filters: {
               blobTypes: [ 'blockBlob' ]
               prefixMatch: [ '${chunksContainerName}/' ]
+            }
+            actions: {
+              baseBlob: {
+                delete: { daysAfterModificationGreaterThan: chunksRetentionDays }
+              }
+            }
+          }
+        }
+        {
+          // Training summaries (training/<job>/<chunk>.training.json) are read once, when the
+          // job's chunks are registered; kept as long as the training chunks they came from.
+          name: 'delete-old-training-summaries'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [ 'blockBlob' ]
+              prefixMatch: [ '${modelsContainerName}/training/' ]
             }
             actions: {
               baseBlob: {

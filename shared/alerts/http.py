@@ -6,7 +6,6 @@ turns ``BadRequest`` into a 400 with its message.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import azure.functions as func
@@ -14,7 +13,16 @@ import azure.functions as func
 from shared.alerts import rules
 from shared.alerts.delivery import list_notifications
 from shared.alerts.outbox import STATUSES
-from shared.api import BadRequest, _id, _json, _limit, error, parse_time
+from shared.api import (
+    BadRequest,
+    checked_id,
+    error,
+    json_body,
+    json_response,
+    limit_param,
+    no_unknown_params,
+    parse_time,
+)
 from shared.clock import utcnow
 from shared.context import AppContext
 
@@ -23,38 +31,9 @@ MUTE_BODY = {"device", "sensor", "minutes", "until", "reason"}
 ALERT_PARAMS = {"run_id", "event_id", "status", "limit"}
 
 
-def json_body(req: func.HttpRequest, allowed: set[str]) -> dict[str, Any]:
-    """The request's JSON object, with only ``allowed`` fields (else a 400 naming them)."""
-    raw = req.get_body() or b"{}"
-    try:
-        body = json.loads(raw)
-    except RecursionError:
-        raise BadRequest("the body is not valid JSON: nested too deeply") from None
-    except ValueError as exc:
-        raise BadRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise BadRequest(
-            f"unknown field(s): {', '.join(u[:40] for u in unknown[:10])}; "
-            f"allowed: {', '.join(sorted(allowed))}"
-        )
-    return body
-
-
-def no_unknown_params(req: func.HttpRequest, allowed: set[str]) -> None:
-    unknown = sorted(set(req.params) - allowed)
-    if unknown:
-        raise BadRequest(
-            f"unknown parameter(s): {', '.join(u[:40] for u in unknown[:10])}; "
-            f"allowed: {', '.join(sorted(allowed))}"
-        )
-
-
 def scope_of(body: dict[str, Any]) -> tuple[str | None, str | None]:
-    device = _id("device", body["device"]) if body.get("device") is not None else None
-    sensor = _id("sensor", body["sensor"]) if body.get("sensor") is not None else None
+    device = checked_id("device", body["device"]) if body.get("device") is not None else None
+    sensor = checked_id("sensor", body["sensor"]) if body.get("sensor") is not None else None
     if sensor is not None and device is None:
         raise BadRequest("a sensor scope needs its device")
     return device, sensor
@@ -64,7 +43,7 @@ def list_rules_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpRespo
     no_unknown_params(req, set())
     with ctx.engine.connect() as conn:
         found = rules.list_rules(conn)
-    return _json({"rules": [r.as_dict() for r in found]})
+    return json_response({"rules": [r.as_dict() for r in found]})
 
 
 def set_rule_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
@@ -76,7 +55,7 @@ def set_rule_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpRespons
             rule = rules.set_rule(conn, device, sensor, **fields)
     except rules.RuleError as exc:
         raise BadRequest(str(exc)) from None
-    return _json(rule.as_dict())
+    return json_response(rule.as_dict())
 
 
 def delete_rule_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
@@ -85,7 +64,7 @@ def delete_rule_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResp
         deleted = rules.delete_rule(conn, rule_id)
     if not deleted:
         return error(404, f"no alert rule {rule_id[:80]!r}")
-    return _json({"deleted": rule_id})
+    return json_response({"deleted": rule_id})
 
 
 def mute_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
@@ -99,7 +78,7 @@ def mute_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
             rule = rules.mute(conn, device, sensor, end, reason)
     except rules.RuleError as exc:
         raise BadRequest(str(exc)) from None
-    return _json(rule.as_dict())
+    return json_response(rule.as_dict())
 
 
 def unmute_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
@@ -109,7 +88,7 @@ def unmute_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
         rule = rules.unmute(conn, device, sensor)
     if rule is None:
         return error(404, "no alert rule for this scope (nothing is muted)")
-    return _json(rule.as_dict())
+    return json_response(rule.as_dict())
 
 
 def list_alerts_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
@@ -122,6 +101,6 @@ def list_alerts_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResp
         run_id=req.params.get("run_id"),
         event_id=req.params.get("event_id"),
         status=status,
-        limit=_limit(req),
+        limit=limit_param(req),
     )
-    return _json({"alerts": found})
+    return json_response({"alerts": found})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.routes import Route, query
+from shared.routes import Route, limit, query
 
 _RULE = {"$ref": "#/components/schemas/AlertRule"}
 _ID = {"type": "string", "nullable": True}
@@ -146,7 +146,7 @@ ROUTES = [
             query("run_id", {"type": "string"}, "Raised by this run's recording"),
             query("event_id", {"type": "string"}),
             query("status", {"type": "string", "enum": ["pending", "sent", "failed"]}),
-            query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}),
+            limit(100),
         ),
         response={
             "type": "object",

@@ -3,7 +3,8 @@ run's pipeline job, and provisioning of the cluster and the scoring environment.
 
 Modules: :mod:`~shared.azureml.client` (``MLClient`` and the identities),
 :mod:`~shared.azureml.code` (staging ``scoring/`` as the job's code), :mod:`~shared.azureml.jobs`
-(the pipeline job of a run), :mod:`~shared.azureml.provision` (cluster + environment).
+(the pipeline job of a run, and of a training job), :mod:`~shared.azureml.provision` (cluster +
+environment).
 ``python -m shared.azureml`` provisions, or dumps a run's pipeline job as YAML for inspection.
 
 Nothing here imports ``azure.ai.ml`` at module level: the SDK takes over a second to import and
@@ -18,17 +19,22 @@ from shared.azureml.code import stage_code, staged_code
 from shared.azureml.jobs import (
     PipelinePlan,
     StepPlan,
+    TrainingPipelinePlan,
     build_pipeline_job,
+    build_training_pipeline_job,
     dump_pipeline_job,
     environment_reference,
     plan_pipeline,
+    plan_training_pipeline,
 )
 from shared.azureml.provision import cluster_definition, environment_definition, provision
 
 __all__ = [
     "PipelinePlan",
     "StepPlan",
+    "TrainingPipelinePlan",
     "build_pipeline_job",
+    "build_training_pipeline_job",
     "cluster_definition",
     "compute_client_id",
     "dump_pipeline_job",
@@ -38,6 +44,7 @@ __all__ = [
     "job_identity",
     "ml_client",
     "plan_pipeline",
+    "plan_training_pipeline",
     "provision",
     "stage_code",
     "staged_code",

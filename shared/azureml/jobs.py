@@ -1,4 +1,6 @@
 """The Azure ML pipeline job of one run: parallel ``command`` steps, one per shard of chunks.
+(A training job's pipeline has the same shape with ``python -m scoring.train``; see
+:class:`TrainingPipelinePlan` at the end.)
 
 Shape of the job (built with ``azure.ai.ml.dsl.pipeline``)::
 
@@ -61,8 +63,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from shared.blobs import model_set_blob, run_prefix
-from shared.executors.base import ChunkRef, ScoringJob, StepCommand, shard_chunks
+from shared.blobs import model_set_blob, run_prefix, training_prefix
+from shared.executors.base import (
+    ChunkRef,
+    ScoringJob,
+    StepCommand,
+    TrainingJob,
+    TrainingStepCommand,
+    shard_chunks,
+)
 from shared.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -301,3 +310,159 @@ def dump_pipeline_job(pipeline_job: PipelineJob, dest: str | Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     pipeline_job.dump(dest)
     return dest
+
+
+# --------------------------------------------------------------------------- training jobs
+
+SUMMARIES_OUTPUT, MODEL_SETS_OUTPUT = "summaries", "model_sets"
+SUMMARIES_PLACEHOLDER = "${{outputs." + SUMMARIES_OUTPUT + "}}"
+MODEL_SETS_PLACEHOLDER = "${{outputs." + MODEL_SETS_OUTPUT + "}}"
+TRAINING_COMPONENT_NAME = "sensor_training_job"
+
+
+def training_node_name(job_id: str, shard: int) -> str:
+    slug = re.sub(r"[^a-z0-9_]", "_", job_id.lower())
+    return f"fit_{slug}_{shard + 1:02d}"
+
+
+@dataclass(frozen=True)
+class TrainingPipelinePlan:
+    """Everything about a training job's pipeline that does not need ``azure.ai.ml``.
+
+    Same shape as a run's: parallel ``command`` steps over shards of the training chunks (cut
+    by :func:`shard_chunks`, as the local executor cuts them), each running ``python -m
+    scoring.train`` (:class:`~shared.executors.base.TrainingStepCommand`) with the chunks
+    folder mounted read-only and two ``rw_mount`` outputs on the models datastore: ``sets/``
+    for the model sets and ``training/<job_id>/`` for the summaries that completion registers.
+    """
+
+    job_id: str
+    window_label: str
+    display_name: str
+    experiment: str
+    compute: str
+    environment: str
+    chunks_uri: str
+    summaries_uri: str
+    model_sets_uri: str
+    timeout_seconds: int
+    tags: dict[str, str]
+    steps: tuple[StepPlan, ...]
+
+
+def plan_training_pipeline(job: TrainingJob, settings: Settings) -> TrainingPipelinePlan:
+    """The steps, paths, names and tags of a training job's pipeline (pure: no SDK import)."""
+    aml = settings.azureml
+    if not job.chunks:
+        raise ValueError(f"training job {job.job_id} has no chunks: nothing to submit")
+    prefix = training_prefix(job.job_id)
+    for chunk in job.chunks:
+        if not chunk.blob.startswith(prefix):
+            raise ValueError(f"chunk {chunk.chunk_id}: blob {chunk.blob!r} is not under {prefix!r}")
+    shards = shard_chunks(job.chunks, min(aml.max_steps, aml.max_nodes, len(job.chunks)))
+    tags = {
+        "training_job_id": job.job_id,
+        "window": job.window_label,
+        "executor": "azureml",
+        "chunks": str(len(job.chunks)),
+        "steps": str(len(shards)),
+    }
+    steps = []
+    for index, shard in enumerate(shards):
+        argv = TrainingStepCommand(
+            chunks_dir=CHUNKS_PLACEHOLDER,
+            output_dir=SUMMARIES_PLACEHOLDER,
+            models_output_dir=MODEL_SETS_PLACEHOLDER,
+            chunk_files=[str(PurePosixPath(c.blob[len(prefix) :])) for c in shard],
+        ).argv()
+        steps.append(
+            StepPlan(
+                name=training_node_name(job.job_id, index),
+                display_name=f"{job.job_id} shard {index + 1}/{len(shards)}",
+                chunks=tuple(shard),
+                argv=tuple(argv),
+                tags={
+                    "training_job_id": job.job_id,
+                    "window": job.window_label,
+                    "shard": f"{index + 1}/{len(shards)}",
+                    "chunks": str(len(shard)),
+                    "sensors": str(sum(c.n_sensors for c in shard)),
+                },
+            )
+        )
+    return TrainingPipelinePlan(
+        job_id=job.job_id,
+        window_label=job.window_label,
+        display_name=f"{job.job_id} {job.window_label}",
+        experiment=aml.experiment,
+        compute=aml.compute,
+        environment=environment_reference(settings),
+        chunks_uri=datastore_uri(aml.chunks_datastore, prefix),
+        summaries_uri=datastore_uri(aml.models_datastore, prefix),
+        model_sets_uri=datastore_uri(aml.models_datastore, model_set_blob("")),
+        timeout_seconds=int(settings.run_timeout_minutes * 60),
+        tags=tags,
+        steps=tuple(steps),
+    )
+
+
+def build_training_pipeline_job(
+    job: TrainingJob,
+    settings: Settings,
+    *,
+    code_dir: str | Path,
+    client_id: str | None = None,
+    job_name: str | None = None,
+) -> PipelineJob:
+    """A training job's pipeline job, ready for ``ml_client.jobs.create_or_update`` (see
+    :class:`TrainingPipelinePlan`; parameters as :func:`build_pipeline_job`)."""
+    from azure.ai.ml import Input, Output, command, dsl
+
+    from shared.azureml.client import job_identity
+
+    plan = plan_training_pipeline(job, settings)
+    code = str(Path(code_dir).resolve())
+    identity = job_identity(client_id)
+
+    def step_node(step: StepPlan):
+        return command(
+            name=step.name,
+            display_name=step.display_name,
+            tags=step.tags,
+            command=step.command,
+            code=code,
+            environment=plan.environment,
+            compute=plan.compute,
+            inputs={CHUNKS_INPUT: Input(type="uri_folder", path=plan.chunks_uri, mode=INPUT_MODE)},
+            outputs={
+                SUMMARIES_OUTPUT: Output(
+                    type="uri_folder", path=plan.summaries_uri, mode=OUTPUT_MODE
+                ),
+                MODEL_SETS_OUTPUT: Output(
+                    type="uri_folder", path=plan.model_sets_uri, mode=OUTPUT_MODE
+                ),
+            },
+            identity=identity,
+            timeout=plan.timeout_seconds,
+            is_deterministic=False,
+        )
+
+    @dsl.pipeline(
+        name=TRAINING_COMPONENT_NAME,
+        display_name=plan.display_name,
+        description=f"Training job {plan.job_id}, window {plan.window_label}",
+        experiment_name=plan.experiment,
+        tags=plan.tags,
+        default_compute=plan.compute,
+        continue_on_step_failure=True,
+        force_rerun=True,
+    )
+    def training_pipeline():
+        for step in plan.steps:
+            node = step_node(step)()
+            node.name = step.name
+            node.display_name = step.display_name
+
+    pipeline_job = training_pipeline()
+    pipeline_job.name = job_name or new_job_name(job.job_id)
+    return pipeline_job

@@ -384,3 +384,51 @@ sensor_sensitivity = Table(
     Column("updated_at", Timestamp, nullable=False),
     PrimaryKeyConstraint("device", "sensor", name="pk_sensor_sensitivity"),
 )
+
+# Training jobs (shared.training): one per training key and attempt. The retraining timer writes
+# the training chunks, submits the job to the executor and records it here; completion registers
+# each chunk's models once (shared.training.registration).
+training_jobs = Table(
+    "training_jobs",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("training_key", String(64), nullable=False),
+    Column("attempt", Integer(), nullable=False),
+    Column("window_start", Timestamp, nullable=False),
+    Column("window_end", Timestamp, nullable=False),
+    Column("estimator", String(200), nullable=False),
+    Column("executor", String(16), nullable=False),
+    Column("backend_job_id", String(255), nullable=True),
+    Column("job_url", String(1000), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("n_sensors", Integer(), nullable=False, default=0),
+    Column("n_chunks", Integer(), nullable=False, default=0),
+    Column("n_chunks_done", Integer(), nullable=False, default=0),
+    Column("n_chunks_failed", Integer(), nullable=False, default=0),
+    Column("n_activated", Integer(), nullable=False, default=0),
+    Column("n_kept", Integer(), nullable=False, default=0),
+    Column("error", Text(), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("submitted_at", Timestamp, nullable=True),
+    Column("finished_at", Timestamp, nullable=True),
+    Column("updated_at", Timestamp, nullable=False),
+    UniqueConstraint("training_key", "attempt"),
+    Index(None, "status"),
+)
+# The chunks of a training job: written by the timer, then registered (its models registered
+# and gated, once: a redelivered summary finds the chunk registered) or failed.
+training_chunks = Table(
+    "training_chunks",
+    metadata,
+    Column("job_id", String(64), nullable=False),
+    Column("chunk_id", String(64), nullable=False),
+    Column("blob_path", String(512), nullable=False),
+    Column("n_sensors", Integer(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("etag", String(128), nullable=True),
+    Column("result", Text(), nullable=True),
+    Column("error", Text(), nullable=True),
+    Column("done_at", Timestamp, nullable=True),
+    PrimaryKeyConstraint("job_id", "chunk_id", name="pk_training_chunks"),
+    ForeignKeyConstraint(["job_id"], ["training_jobs.job_id"]),
+)

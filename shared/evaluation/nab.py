@@ -240,7 +240,8 @@ def replay_nab(
             for s in series
             if s.times[0].astype(datetime) < window.end and s.times[-1].astype(datetime) >= start
         )
-        retrain_due(ctx, start, estimator=estimator, workers=1)
+        # Training in this process (the local executor, one worker), whatever EXECUTOR says.
+        retrain_due(ctx, start, estimator=estimator, workers=1, executor_name="local")
         run, _ = start_run(ctx, window, "cli", RunFilters(sensors=active))
         deliver_predictions(ctx, run.run_id)
         run = records.get_run(ctx.engine, run.run_id)

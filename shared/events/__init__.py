@@ -14,32 +14,38 @@ Events are kept up to date when a chunk's predictions are recorded (:mod:`.track
 recompute from the stored predictions, so redelivered chunks and re-runs never duplicate an
 event, and an event still open at the end of one run's window continues in the next run.
 :mod:`.queries` reads them for the API, the CLI, the report and the NAB evaluation.
+
+The names below are loaded on first use: ``function_app`` imports :mod:`.routes` at cold start,
+which must not pull numpy, pandas or SQLAlchemy in through this package. HTTP handlers are in
+:mod:`.http`, their declarations (routes and OpenAPI schemas) in :mod:`.routes`.
 """
 
-from shared.events.model import CLOSED, OPEN, STATUSES, AnomalyEvent, event_id_for, segment
-from shared.events.queries import (
-    EventFilters,
-    event_buckets,
-    events_for,
-    get_event,
-    list_events,
-    run_events,
-)
-from shared.events.tracking import EventChanges, update_events_for_chunk
+from __future__ import annotations
 
-__all__ = [
-    "CLOSED",
-    "OPEN",
-    "STATUSES",
-    "AnomalyEvent",
-    "EventChanges",
-    "EventFilters",
-    "event_buckets",
-    "event_id_for",
-    "events_for",
-    "get_event",
-    "list_events",
-    "run_events",
-    "segment",
-    "update_events_for_chunk",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CLOSED": "shared.events.model",
+    "OPEN": "shared.events.model",
+    "STATUSES": "shared.events.model",
+    "AnomalyEvent": "shared.events.model",
+    "event_id_for": "shared.events.model",
+    "segment": "shared.events.model",
+    "EventFilters": "shared.events.queries",
+    "event_buckets": "shared.events.queries",
+    "events_for": "shared.events.queries",
+    "get_event": "shared.events.queries",
+    "list_events": "shared.events.queries",
+    "run_events": "shared.events.queries",
+    "EventChanges": "shared.events.tracking",
+    "update_events_for_chunk": "shared.events.tracking",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'shared.events' has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""The ``azureml`` executor: one Azure ML pipeline job per run (``EXECUTOR=azureml``).
+"""The ``azureml`` executor: one Azure ML pipeline job per run (``EXECUTOR=azureml``), and one
+per training job (``submit_training``: the same shape with ``python -m scoring.train`` steps).
 
 ``submit`` stages the ``scoring`` package as the job's code, builds the run's pipeline job
 (parallel ``command`` steps over shards of the chunks, the same ``python -m scoring.score``
@@ -32,6 +33,7 @@ from shared.executors.base import (
     JobStatus,
     ScoringJob,
     Submission,
+    TrainingJob,
 )
 from shared.settings import Settings
 
@@ -153,6 +155,41 @@ class AzureMLExecutor:
         state = map_status(raw) if raw in AZUREML_STATES else QUEUED
         url = getattr(created, "studio_url", None)
         log.info("azureml job submitted", extra={**extra, "state": state, "url": url})
+        return Submission(getattr(created, "name", None) or name, state, url=url)
+
+    def submit_training(self, job: TrainingJob) -> Submission:
+        """Submit a training job's pipeline (parallel ``python -m scoring.train`` steps on the
+        cluster, :func:`shared.azureml.jobs.build_training_pipeline_job`); returns at once with
+        the job queued, like :meth:`submit`. Its summaries land in ``training/<job_id>/`` of the
+        models container, where completion (``shared.training``) registers them."""
+        from shared.azureml.code import staged_code
+        from shared.azureml.jobs import build_training_pipeline_job, new_job_name
+
+        if not job.chunks:
+            return Submission(
+                f"azureml:{job.job_id}:empty", COMPLETED, message="no chunks to train"
+            )
+        name = new_job_name(job.job_id)
+        extra = {"training_job_id": job.job_id, "job_id": name, "chunks": len(job.chunks)}
+        try:
+            with staged_code() as code_dir:
+                pipeline_job = build_training_pipeline_job(
+                    job, self.settings, code_dir=code_dir, client_id=self.client_id, job_name=name
+                )
+                created = self.ml_client.jobs.create_or_update(
+                    pipeline_job, experiment_name=self.settings.azureml.experiment
+                )
+        except Exception as exc:  # noqa: BLE001 - the job records the failure with its reason
+            found = self._find(name)
+            if found is None:
+                log.exception("azureml training submission failed", extra=extra)
+                return Submission(name, FAILED, message=f"{type(exc).__name__}: {exc}")
+            log.warning("azureml training submission raised but the job exists", extra=extra)
+            created = found
+        raw = getattr(created, "status", None)
+        state = map_status(raw) if raw in AZUREML_STATES else QUEUED
+        url = getattr(created, "studio_url", None)
+        log.info("azureml training job submitted", extra={**extra, "state": state, "url": url})
         return Submission(getattr(created, "name", None) or name, state, url=url)
 
     def _find(self, name: str) -> Any | None:

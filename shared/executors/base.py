@@ -13,6 +13,13 @@ scores:
 Every executor runs the same step, ``python -m scoring.score --chunks DIR --models DIR
 --output DIR --chunk ...``, over shards of the run's chunks; predictions land in the predictions
 container, where the blob trigger records them.
+
+Training goes the same way (``submit_training(job: TrainingJob)``): the retraining timer writes
+training chunks and hands them over; every executor runs ``python -m scoring.train --chunks DIR
+--output DIR --models-output DIR --chunk ...`` over shards of them, which writes model sets to
+``sets/`` and one summary per chunk to ``training/<job_id>/`` of the models container, where
+completion (``shared.training.registration``) registers them. ``status`` and ``cancel`` serve
+both kinds of job.
 """
 
 from __future__ import annotations
@@ -56,6 +63,22 @@ class ScoringJob:
 
 
 @dataclass(frozen=True)
+class TrainingJob:
+    """A training job: its chunks (blobs under ``training/<job_id>/`` of the chunks container)
+    and where model sets (``sets/``) and summaries (``training/<job_id>/``) go."""
+
+    job_id: str
+    window_label: str
+    chunks: tuple[ChunkRef, ...]
+    chunks_container: str
+    models_container: str
+
+    @property
+    def summaries_prefix(self) -> str:
+        return f"training/{self.job_id}/"
+
+
+@dataclass(frozen=True)
 class Submission:
     job_id: str
     state: str
@@ -77,6 +100,8 @@ class Executor(Protocol):
     name: str
 
     def submit(self, job: ScoringJob) -> Submission: ...
+
+    def submit_training(self, job: TrainingJob) -> Submission: ...
 
     def status(self, job_id: str) -> JobStatus: ...
 
@@ -126,6 +151,32 @@ class StepCommand:
             self.models_dir,
             "--output",
             self.output_dir,
+        ]
+        for name in self.chunk_files:
+            args += ["--chunk", name]
+        return args
+
+
+@dataclass
+class TrainingStepCommand:
+    """The training step's command line for one shard (the same locally and on Azure ML)."""
+
+    chunks_dir: str
+    output_dir: str
+    models_output_dir: str
+    chunk_files: list[str] = field(default_factory=list)
+
+    def argv(self) -> list[str]:
+        args = [
+            "python",
+            "-m",
+            "scoring.train",
+            "--chunks",
+            self.chunks_dir,
+            "--output",
+            self.output_dir,
+            "--models-output",
+            self.models_output_dir,
         ]
         for name in self.chunk_files:
             args += ["--chunk", name]

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from shared.alerts.http import json_body, no_unknown_params
-from shared.api import BadRequest, _id, _json, error, parse_time
+from shared.api import (
+    BadRequest,
+    checked_id,
+    error,
+    json_body,
+    json_response,
+    no_unknown_params,
+    parse_time,
+)
 from shared.context import AppContext
 from shared.feedback import service
 
@@ -46,7 +53,7 @@ def give_feedback_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpRe
             overrides = service.sensitivity_overrides(conn)
     except service.FeedbackError as exc:
         raise BadRequest(str(exc)) from None
-    return _json(
+    return json_response(
         {**given.as_dict(), "sensitivity": overrides.get((event.device, event.sensor))}, 201
     )
 
@@ -59,7 +66,7 @@ def list_feedback_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpRe
         return error(404, f"no anomaly event {event_id[:80]!r}")
     with ctx.engine.connect() as conn:
         given = service.feedback_for(conn, [event_id]).get(event_id, [])
-    return _json({"feedback": [f.as_dict() for f in given]})
+    return json_response({"feedback": [f.as_dict() for f in given]})
 
 
 def summary_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
@@ -71,18 +78,18 @@ def summary_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse
         with ctx.engine.connect() as conn:
             body = service.summary(
                 conn,
-                device=_id("device", p["device"]) if "device" in p else None,
-                sensor=_id("sensor", p["sensor"]) if "sensor" in p else None,
+                device=checked_id("device", p["device"]) if "device" in p else None,
+                sensor=checked_id("sensor", p["sensor"]) if "sensor" in p else None,
                 since=since,
                 until=until,
                 period=p.get("period", "week"),
             )
     except service.FeedbackError as exc:
         raise BadRequest(str(exc)) from None
-    return _json(body)
+    return json_response(body)
 
 
 def sensitivities_handler(ctx: AppContext, req: func.HttpRequest) -> func.HttpResponse:
     no_unknown_params(req, set())
     with ctx.engine.connect() as conn:
-        return _json({"sensitivities": service.list_sensitivities(conn)})
+        return json_response({"sensitivities": service.list_sensitivities(conn)})

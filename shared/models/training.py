@@ -29,6 +29,13 @@ import numpy as np
 import pyarrow as pa
 from sqlalchemy import insert
 
+# The named estimators live with the training step (scoring/), which runs them on Azure ML
+# nodes; re-exported here for the CLI, the API and the benches.
+from scoring.estimators import (  # noqa: F401
+    DEFAULT_ESTIMATOR,
+    estimator_features,
+    estimator_templates,
+)
 from scoring.score import worker_context
 from shared.blobs import model_set_blob
 from shared.clock import utcnow
@@ -42,26 +49,6 @@ log = logging.getLogger(__name__)
 MODELS_PER_SET = 10_000
 # Sensors fitted per task in the training pool: enough to amortise process hand-off.
 FIT_BATCH = 200
-
-
-def estimator_templates() -> dict[str, Callable[[], Any]]:
-    """Named estimators the CLI and API can train (the product is a template: add yours)."""
-    from sklearn.ensemble import IsolationForest
-    from sklearn.neighbors import LocalOutlierFactor
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from scoring.baseline import RobustBaseline
-    from scoring.modeling import default_estimator
-
-    return {
-        "baseline": RobustBaseline,
-        "ocsvm": default_estimator,
-        "isolation_forest": lambda: IsolationForest(n_estimators=100, random_state=0),
-        "lof": lambda: make_pipeline(
-            StandardScaler(), LocalOutlierFactor(n_neighbors=20, novelty=True)
-        ),
-    }
 
 
 @dataclass
@@ -138,18 +125,6 @@ def _fit_batch(
         except Exception as exc:  # noqa: BLE001 - one sensor's failure is reported, not fatal
             out.append((device, sensor, None, f"{type(exc).__name__}: {exc}"))
     return out
-
-
-DEFAULT_ESTIMATOR = "baseline"
-"""The default detector (scoring.baseline); "ocsvm" is the reference one-class SVM."""
-
-
-def estimator_features(estimator: str) -> tuple[str, ...]:
-    """The features an estimator template is trained on by default."""
-    from scoring.baseline import FEATURES
-    from scoring.features import DEFAULT_FEATURES
-
-    return FEATURES if estimator == "baseline" else DEFAULT_FEATURES
 
 
 def _feature_column(table: pa.Table, name: str) -> np.ndarray:

@@ -317,10 +317,18 @@ def _prepare_and_submit(ctx: AppContext, run: Run, executor_name: str) -> None:
 
 
 def scheduled_tick(ctx: AppContext, now: datetime | None = None) -> list[Run]:
-    """What the timer does: reconcile open runs, run every due window (catching up), then
-    delete what retention no longer keeps, in bounded batches (``shared.retention``)."""
+    """What the timer does: reconcile open runs, complete open training jobs (an Azure ML job's
+    models are registered before the window is scored, ``shared.training``), run every due
+    window (catching up), then delete what retention no longer keeps, in bounded batches
+    (``shared.retention``)."""
     now = now or utcnow()
     reconcile_runs(ctx, now=now)
+    from shared.training.service import collect_training
+
+    try:
+        collect_training(ctx, now)
+    except Exception:  # noqa: BLE001 - scoring goes on with the models already active
+        log.exception("completing training jobs failed; retried on the next tick")
     settings = ctx.settings
     windows = due_windows(
         settings.scoring_schedule,
