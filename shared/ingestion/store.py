@@ -89,15 +89,18 @@ def insert_readings(engine: Engine, batch: Sequence[Reading]) -> InsertCounts:
     rows = sorted(batch) if len(first) == len(batch) else sorted(batch[i] for i in first.values())
 
     def work() -> tuple[int, dict[tuple, float]]:
-        if engine.dialect.name == "postgresql" and len(rows) <= INSERT_BATCH:
-            return _insert_postgresql_autocommit(engine, rows)
-        with engine.begin() as conn:
-            try:
-                return _insert_rows(conn, rows)
-            except BaseException:
-                # A staging table created in a transaction that rolls back is gone with it.
-                conn.connection.info.pop(_SQLITE_STAGE, None)
-                raise
+        # Retried whole on a transient error (below), so a connection used moments ago is not
+        # pinged first: one round trip less per call (to Azure SQL too).
+        with trust_recent_connections():
+            if engine.dialect.name == "postgresql" and len(rows) <= INSERT_BATCH:
+                return _insert_postgresql_autocommit(engine, rows)
+            with engine.begin() as conn:
+                try:
+                    return _insert_rows(conn, rows)
+                except BaseException:
+                    # A staging table created in a transaction that rolls back is gone with it.
+                    conn.connection.info.pop(_SQLITE_STAGE, None)
+                    raise
 
     for attempt in range(1, KEY_RACE_ATTEMPTS + 1):
         try:
@@ -314,9 +317,8 @@ def _insert_postgresql_autocommit(
     engine: Engine, rows: Sequence[Reading]
 ) -> tuple[int, dict[tuple, float]]:
     """One batch on PostgreSQL as a single autocommitted statement: the statement is its own
-    transaction (all of it or nothing), so no BEGIN or COMMIT round trip; and a connection used
-    moments ago is not pinged first (the caller retries the whole unit on a dead one)."""
-    with trust_recent_connections(), engine.connect() as conn:
+    transaction (all of it or nothing), so no BEGIN or COMMIT round trip."""
+    with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         inserted, existing = _insert_postgresql(conn, rows)
         if inserted + len(existing) < len(rows):
