@@ -4,9 +4,11 @@ A chunk of 1,000 sensors x 60 one-minute buckets (the default SENSORS_PER_CHUNK 
 window) is recorded after ``--history`` earlier hourly windows of the same sensors, with a share
 ``--flagged`` of buckets flagged in runs of consecutive buckets (so events span windows and
 the recompute re-reads open events). Timed, per window, in one transaction as recording does:
-the predictions write (delete + bulk insert of the chunk's rows) and the events step
-(``update_events_for_chunk``); then the same chunk recorded again (a redelivery: nothing
-changes). SQLite always; PostgreSQL too when its binaries are installed (``--postgres``).
+the predictions write (delete + bulk insert of the chunk's rows, with the explanation columns the
+scoring step fills for sensors with a flag) and the events step (``update_events_for_chunk``,
+which carries each event's peak explanation); then the same chunk recorded again (a
+redelivery: nothing changes). SQLite always; PostgreSQL too when its binaries are installed
+(``--postgres``).
 
     .venv/bin/python bench/bench_events.py [--sensors 1000 --history 24 --flagged 0.02]
 """
@@ -14,6 +16,7 @@ changes). SQLite always; PostgreSQL too when its binaries are installed (``--pos
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -51,9 +54,46 @@ def flags_for(rng, n_sensors: int, n_buckets: int, share: float) -> np.ndarray:
     return flags
 
 
+# An explanation as the scoring step writes it for a flagged bucket (scoring.explain), ~700 chars.
+EXPLANATION = json.dumps(
+    {
+        "comparison": "max_vs_recent",
+        "deviation": 28.1234,
+        "deviations": {
+            "level_vs_recent": 3.21,
+            "level_vs_time_of_day": None,
+            "max_vs_recent": 28.1234,
+            "min_vs_recent": 1.2345,
+            "spread_vs_recent": 7.4321,
+        },
+        "direction": "above",
+        "expected": 14.6543,
+        "expected_high": 17.6234,
+        "expected_low": 11.9876,
+        "feature": "max",
+        "kind": "baseline",
+        "model_format": "baseline-npz",
+        "model_version": 3,
+        "novel": [],
+        "observed": 23.7612,
+        "rule": "sustained",
+        "score": 0.987654,
+        "sensitivity": 0.5,
+        "summary": "max_vs_recent: max 23.76 above the expected 11.99 to 17.62 (the median of "
+        "the previous 48 buckets, 28.1 robust SDs); flagged sustained over the last 5 buckets, "
+        "score 0.9877",
+    },
+    sort_keys=True,
+    separators=(",", ":"),
+)
+
+
 def rows_for(run_id, window: Window, ids, flags, scores) -> list[tuple]:
+    """Rows in PREDICTION_ROW order; sensors with a flag have a band on every bucket and an
+    explanation on each flagged one (as the scoring step writes them), the others nulls."""
     rows = []
     for i, (device, sensor) in enumerate(ids):
+        explained = bool(flags[i].any())
         for m in range(flags.shape[1]):
             rows.append(
                 (
@@ -70,6 +110,9 @@ def rows_for(run_id, window: Window, ids, flags, scores) -> list[tuple]:
                     float(scores[i, m]),
                     bool(flags[i, m]),
                     1,
+                    0.8 if explained else None,
+                    1.2 if explained else None,
+                    EXPLANATION if flags[i, m] else None,
                 )
             )
     return rows

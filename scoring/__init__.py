@@ -8,7 +8,8 @@ environment is declared in ``scoring/environment.yml`` / ``scoring/requirements.
 
 Modules: :mod:`scoring.features` (the feature contract), :mod:`scoring.model_sets` (model set
 formats, safe loading, bulk scoring), :mod:`scoring.kernels` (the vectorised one-class SVM),
-:mod:`scoring.score` (the step and its CLI), :mod:`scoring.modeling` (fitting, calibration,
+:mod:`scoring.explain` (why a flagged bucket was flagged), :mod:`scoring.score` (the step and
+its CLI), :mod:`scoring.modeling` (fitting, calibration,
 writing; imported lazily here because scikit-learn takes a second to import and the scoring
 hot path does not need it), :mod:`scoring.train` (the training step and its CLI: training chunks
 in, model sets and summaries out) and :mod:`scoring.estimators` (the named estimators).

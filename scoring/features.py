@@ -60,6 +60,12 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
 )
 """Columns of a predictions file (``<chunk_id>.predictions.parquet``)."""
 
+EXPLANATION_COLUMNS: tuple[str, ...] = ("expected_low", "expected_high", "explanation")
+"""Optional, nullable columns a predictions file carries after :data:`PREDICTION_COLUMNS`
+(:mod:`scoring.explain`): the band the bucket's mean was expected in (rows of sensors with a
+flagged bucket) and, for flagged rows, why, as a JSON object. Files without them (from an older
+scoring step) are recorded with nulls there."""
+
 ERROR_COLUMNS: tuple[str, ...] = ("device", "sensor", "reason")
 """Columns of an errors file (``<chunk_id>.errors.parquet``)."""
 

@@ -600,6 +600,10 @@ class ModelSet:
         """Calibration facts of every model, in file order."""
         return [{} for _ in range(len(self))]
 
+    def calibration(self, index: int) -> dict:
+        """Calibration facts of model `index` (without parsing the whole set's)."""
+        return self.calibrations()[index]
+
     def graded_scores(self, model_index: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Scores of :meth:`score` as graded scores in [0, 1] (0.5 at the model's threshold).
 
@@ -707,6 +711,9 @@ class NpzModelSet(ModelSet):
     def calibrations(self) -> list[dict]:
         return [json.loads(str(text)) for text in self.calibration_json]
 
+    def calibration(self, index: int) -> dict:
+        return json.loads(str(self.calibration_json[index]))
+
     def decision_function(self, model_index: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Raw ``decision_function`` (n_sensors, n_buckets) of each sensor's model."""
         model_index = np.asarray(model_index, dtype=np.int64)
@@ -781,6 +788,9 @@ class BaselineModelSet(ModelSet):
     def calibrations(self) -> list[dict]:
         return [json.loads(str(text)) for text in self.calibration_json]
 
+    def calibration(self, index: int) -> dict:
+        return json.loads(str(self.calibration_json[index]))
+
     def score(self, model_index: np.ndarray, X: np.ndarray, n_buckets: np.ndarray) -> SensorScores:
         from scoring.baseline import score
 
@@ -837,6 +847,9 @@ class SkopsModelSet(ModelSet):
 
     def calibrations(self) -> list[dict]:
         return [entry.get("calibration") or {} for entry in self._entries]
+
+    def calibration(self, index: int) -> dict:
+        return self._entries[index].get("calibration") or {}
 
     def model(self, index: int) -> SensorModel:
         entry = self._entries[index]

@@ -16,6 +16,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
+from scoring.explain import training_statistics
 from scoring.features import DEFAULT_FEATURES
 from scoring.model_sets import (
     FORMAT_BASELINE,
@@ -216,8 +217,10 @@ def fit_sensor_model(
         exactly on the threshold, as every bucket of constant data does, is not flagged), and
         ``calibration`` holding ``n_samples``, ``n_dropped``, ``n_fit_samples``,
         ``target_false_alarm_rate``, ``threshold``, ``train_flag_rate``, ``score_kind``,
-        ``decision_quantiles`` and, for SVMs, ``n_support_vectors``. For predict-only
-        estimators the threshold is 0.0 and the score is +-1 (see
+        ``decision_quantiles``, the per-feature training statistics of feature-deviation
+        explanations (``feature_median``, ``feature_iqr``, ``feature_low``, ``feature_high``;
+        :func:`scoring.explain.training_statistics`) and, for SVMs, ``n_support_vectors``.
+        For predict-only estimators the threshold is 0.0 and the score is +-1 (see
         :func:`scoring.model_sets.anomaly_scores`).
 
     Raises
@@ -286,6 +289,9 @@ def fit_sensor_model(
         "n_fit_samples": int(len(X_fit)),
         "target_false_alarm_rate": float(target_false_alarm_rate),
         "score_kind": kind,
+        # The training distribution per feature, for feature-deviation explanations
+        # (scoring.explain): such estimators give no reasons of their own.
+        **training_statistics(X),
     }
     if kind == SCORE_DECISION:
         decision = np.asarray(fitted.decision_function(X), dtype=np.float64).reshape(-1)

@@ -12,7 +12,10 @@ then rename):
    chunk gets one row with null device and sensor and the reason;
 2. ``<chunk_id>.predictions.parquet`` with the scored rows and schema metadata
    ``scoring.chunk_id`` and ``scoring.errors`` (number of failed sensors); for an unreadable
-   chunk it is empty and ``scoring.chunk_error`` holds the reason.
+   chunk it is empty and ``scoring.chunk_error`` holds the reason. After the prediction columns
+   come the nullable explanation columns (:mod:`scoring.explain`): for sensors with a flagged
+   window row, the band the mean was expected in and, per flagged row, why (JSON); computed
+   after scoring for those sensors only, and left null (with a warning) if explaining fails.
 
 The predictions file comes last because a blob trigger fires on it: the errors file it may point
 to must already exist. A sensor-level problem (missing model set or key, corrupt or untrusted
@@ -45,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from scoring.explain import ScoredGroup, empty_columns, explain_chunk
 from scoring.features import (
     AGGREGATES,
     CHUNK_COLUMNS,
@@ -52,6 +56,7 @@ from scoring.features import (
     DEFAULT_SENSITIVITY,
     DERIVED_FEATURES,
     ERROR_COLUMNS,
+    EXPLANATION_COLUMNS,
     PREDICTION_COLUMNS,
     SENSITIVITY_COLUMN,
     SENSITIVITY_METADATA,
@@ -97,6 +102,9 @@ _PREDICTION_TYPES = {
     "score": pa.float64(),
     "is_anomaly": pa.bool_(),
     "model_version": pa.int64(),
+    "expected_low": pa.float64(),
+    "expected_high": pa.float64(),
+    "explanation": pa.string(),
 }
 _ERRORS_SCHEMA = pa.schema([(name, pa.string()) for name in ERROR_COLUMNS])
 # Dictionary-encode only the repetitive columns: trying it on float columns (which fall back
@@ -421,6 +429,7 @@ def _score_table(
 
     pending = np.ones(n_sensors, dtype=bool)
     pending[list(failures)] = False
+    scored_groups: list[ScoredGroup] = []  # for the explanations (scoring.explain)
     for file_code in np.unique(sensor_files[pending]).tolist():
         in_file = np.flatnonzero(pending & (sensor_files == file_code))
         file_name = file_dict[file_code].as_py()
@@ -467,9 +476,29 @@ def _score_table(
                     scored_rows,
                     failures,
                 )
+                scored_groups.append(ScoredGroup(model_set, names, group, group_models))
             except BaseException as exc:  # noqa: BLE001 - these sensors fail, the chunk goes on
                 failure = _as_model_failure(exc)
                 fail(group, f"model set {file_name!r} failed while scoring: {_describe(failure)}")
+
+    # ---- explanations (scoring.explain): only sensors with a flagged window row, so rare
+    explanation_columns = empty_columns(n_rows)
+    try:
+        explained = explain_chunk(
+            scored_groups,
+            starts,
+            counts,
+            order,
+            feature,
+            scores,
+            scored_rows & ~context,
+            sensitivity,
+            versions,
+        )
+        if explained is not None:
+            explanation_columns = explained.arrow_columns()
+    except Exception as exc:  # noqa: BLE001 - an explanation is never worth a chunk's scores
+        log.warning("chunk %s: explanations left out: %s", chunk_id, _describe(exc))
 
     # ---- outputs: errors first, then predictions (the blob trigger fires on the latter)
     errors_path = output_dir / f"{chunk_id}{ERRORS_SUFFIX}"
@@ -498,15 +527,16 @@ def _score_table(
             "score": pa.array(scores),
             "is_anomaly": pa.array(scores >= sensitivity),
             "model_version": table["model_version"],
+            **explanation_columns,
         }
     )
     # Context rows were history for the models, not part of the window: never written.
     keep = scored_rows & ~context
     if not keep.all():
         predictions = predictions.filter(pa.array(keep))
-    predictions = predictions.select(list(PREDICTION_COLUMNS)).replace_schema_metadata(
-        {METADATA_CHUNK_ID: chunk_id, METADATA_ERRORS: str(len(failures))}
-    )
+    predictions = predictions.select(
+        list(PREDICTION_COLUMNS + EXPLANATION_COLUMNS)
+    ).replace_schema_metadata({METADATA_CHUNK_ID: chunk_id, METADATA_ERRORS: str(len(failures))})
     _write_parquet_atomic(
         predictions,
         output_dir / f"{chunk_id}{PREDICTIONS_SUFFIX}",

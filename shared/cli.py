@@ -461,6 +461,15 @@ def cmd_runs(args, settings: Settings) -> int:
     return 0
 
 
+def explanation_line(explanation: dict | None) -> str:
+    """One line saying why an event was flagged (its peak bucket's explanation)."""
+    if not explanation:
+        return "no explanation (its peak bucket was scored before explanations existed)"
+    line = explanation.get("summary") or json.dumps(explanation)
+    version = explanation.get("model_version")
+    return f"{line} [model version {version}]" if version is not None else line
+
+
 def cmd_anomalies(args, settings: Settings) -> int:
     """Anomaly events (one per incident) as a table; ``anomalies show ID``: one with buckets."""
     from shared.events import STATUSES, EventFilters, event_buckets, get_event, list_events
@@ -473,11 +482,15 @@ def cmd_anomalies(args, settings: Settings) -> int:
                 return 2
             buckets, truncated = event_buckets(ctx.engine, event)
         print(json.dumps(event.as_dict(), indent=1))
+        print(f"why: {explanation_line(event.explanation)}")
         for row in buckets:
             row["flag"] = "*" if row["is_anomaly"] else ""
-            for k in ("mean", "min", "max", "score"):
+            for k in ("mean", "min", "max", "score", "expected_low", "expected_high"):
                 row[k] = None if row[k] is None else f"{row[k]:.3f}"
-        print(table(buckets, ["bucket_start", "flag", "score", "mean", "min", "max", "run_id"]))
+            row["why"] = (row["explanation"] or {}).get("comparison", "")
+        columns = ["bucket_start", "flag", "score", "mean", "min", "max"]
+        columns += ["expected_low", "expected_high", "why", "run_id"]
+        print(table(buckets, columns))
         if truncated:
             print(f"(first {len(buckets)} buckets)")
         return 0
@@ -501,11 +514,14 @@ def cmd_anomalies(args, settings: Settings) -> int:
             "end": f"{e.end:%Y-%m-%d %H:%M:%S}",
             "peak_score": f"{e.peak_score:.3f}",
             "onset_score": f"{e.onset_score:.3f}",
+            "why": " ".join(
+                str((e.explanation or {}).get(k, "")) for k in ("comparison", "direction")
+            ).strip(),
         }
         for e in events
     ]
     columns = ["event_id", "device", "sensor", "start", "end", "n_buckets", "peak_score"]
-    print(table(rows, [*columns, "onset_score", "status", "first_run_id"]))
+    print(table(rows, [*columns, "onset_score", "status", "why", "first_run_id"]))
     return 0
 
 

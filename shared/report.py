@@ -3,7 +3,9 @@
 The page shows the run's status, window, counts and time per stage, the run's anomaly events
 (one per incident: those of the sensors it scored that overlap its window, ``shared.events``), a
 table of the sensors with anomalies, one plot per anomalous sensor (bucket mean as a line, the
-min-max range as a band, flagged buckets as red dots, event spans shaded), and the run's errors.
+min-max range as a band, the range the mean was expected in as a dashed green band, flagged
+buckets as red dots, event spans shaded, each event's explanation in its tooltip and in the
+events table), and the run's errors.
 Plots are inline SVG drawn here: the page has no scripts and no external assets, so it renders
 the same from a blob, a browser or an e-mail, with no network. An overview page lists recent
 runs the same way.
@@ -46,6 +48,8 @@ th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums
 .plot .band{fill:#ddf4ff}.plot .line{fill:none;stroke:#0969da;stroke-width:1.5}
 .plot .flag{fill:#cf222e}.plot text{font-size:11px;fill:#656d76}
 .plot .axis{stroke:#d0d7de}.plot .event{fill:#ffebe9;stroke:#ff8182;stroke-width:1}
+.plot .expected{fill:#2da44e;fill-opacity:.18;stroke:#1a7f37;stroke-width:1;stroke-dasharray:4 3}
+td.why{max-width:520px;font-size:12px}
 """
 
 
@@ -65,12 +69,17 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def _table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], numeric=()) -> str:
+def _table(
+    rows: Sequence[dict], columns: Sequence[tuple[str, str]], numeric=(), classes=None
+) -> str:
+    classes = {**{k: "num" for k in numeric}, **(classes or {})}
     head = "".join(f"<th>{_e(label)}</th>" for _, label in columns)
     body = "".join(
         "<tr>"
         + "".join(
-            f"<td class=num>{_e(r.get(k))}</td>" if k in numeric else f"<td>{_e(r.get(k))}</td>"
+            f"<td class={classes[k]}>{_e(r.get(k))}</td>"
+            if k in classes
+            else f"<td>{_e(r.get(k))}</td>"
             for k, _ in columns
         )
         + "</tr>"
@@ -79,19 +88,37 @@ def _table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], numeric=())
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _expected(point: tuple) -> tuple[float, float] | None:
+    """A point's expected band (its 6th and 7th values), when it has a finite one."""
+    if len(point) < 7 or not (_finite(point[5]) and _finite(point[6])):
+        return None
+    return point[5], point[6]
+
+
+def why(explanation: dict | None) -> str:
+    """An explanation as one sentence (its summary), or why there is none."""
+    if not explanation:
+        return "no explanation (scored before explanations existed)"
+    text = str(explanation.get("summary") or explanation.get("comparison") or "")
+    version = explanation.get("model_version")
+    return f"{text} [model version {version}]" if version is not None else text
+
+
 def sensor_plot(
     device: str, sensor: str, points: Sequence[tuple], events: Sequence[AnomalyEvent] = ()
 ) -> str:
-    """Inline SVG of one sensor's window: (bucket_start, mean, min, max, is_anomaly) points,
-    with the spans of ``events`` (clipped to the window) shaded behind them."""
+    """Inline SVG of one sensor's window: (bucket_start, mean, min, max, is_anomaly[,
+    expected_low, expected_high]) points, with the spans of ``events`` (clipped to the window)
+    shaded behind them and the band the mean was expected in (where the points have one)."""
     points = sorted(points, key=lambda p: p[0])
     t0, t1 = points[0][0], points[-1][0]
     span = max((t1 - t0).total_seconds(), 1.0)
     # Aggregates may be null (or NaN) in stored predictions: such buckets are left out of the
     # line and band, and a flag on one sits on the axis (a report never fails on a value).
     valued = [p for p in points if all(_finite(v) for v in p[1:4])]
-    lows = [p[2] for p in valued] or [0.0]
-    highs = [p[3] for p in valued] or [1.0]
+    bands = [(p[0], band) for p in points if (band := _expected(p)) is not None]
+    lows = [p[2] for p in valued] + [b[0] for _, b in bands] or [0.0]
+    highs = [p[3] for p in valued] + [b[1] for _, b in bands] or [1.0]
     lo, hi = min(lows), max(highs)
     if hi == lo:
         lo, hi = lo - 1, hi + 1
@@ -110,15 +137,38 @@ def sensor_plot(
         + " ".join(f"{x(p[0]):.1f},{y(p[2]):.1f}" for p in reversed(valued))
     )
     line = " ".join(f"{x(p[0]):.1f},{y(p[1]):.1f}" for p in valued)
+    # The expected band: one polygon per run of consecutive buckets that have one.
+    runs: list[list] = []
+    for point in points:
+        band_here = _expected(point)
+        if band_here is None:
+            runs.append([])
+        else:
+            if not runs or not runs[-1]:
+                runs.append([])
+            runs[-1].append((point[0], band_here))
+    expected = "".join(
+        "<polygon class=expected points='"
+        + " ".join(f"{x(t):.1f},{y(b[1]):.1f}" for t, b in run)
+        + " "
+        + " ".join(f"{x(t):.1f},{y(b[0]):.1f}" for t, b in reversed(run))
+        + "'><title>expected range of the mean</title></polygon>"
+        for run in runs
+        if len(run) >= 2
+    )
 
     def number(value) -> str:
         return f"{value:.3f}" if _finite(value) else "n/a"
+
+    def expected_text(point) -> str:
+        band_here = _expected(point)
+        return f"; expected {number(band_here[0])} to {number(band_here[1])}" if band_here else ""
 
     flags = "".join(
         f"<circle class=flag cx={x(p[0]):.1f} "
         f"cy={y(p[1]) if _finite(p[1]) else HEIGHT - PAD:.1f} r=4>"
         f"<title>{p[0]:%H:%M} mean {number(p[1])} (min {number(p[2])}, max {number(p[3])})"
-        f"</title></circle>"
+        f"{expected_text(p)}</title></circle>"
         for p in points
         if p[4]
     )
@@ -134,14 +184,14 @@ def sensor_plot(
             f"height={HEIGHT - 1.5 * PAD:.1f} data-event='{_e(event.event_id)}'>"
             f"<title>event {_e(event.event_id)}: {event.start:%Y-%m-%d %H:%M} to "
             f"{event.end:%H:%M}, {event.n_buckets} flagged, peak {event.peak_score:.3f}, "
-            f"{_e(event.status)}</title></rect>"
+            f"{_e(event.status)}. Why: {_e(why(event.explanation))}</title></rect>"
         )
     return (
         f"<svg class=plot width={WIDTH} height={HEIGHT} viewBox='0 0 {WIDTH} {HEIGHT}' "
         f"role=img aria-label='{_e(device)}/{_e(sensor)}: {n_flags} flagged buckets' "
         f"data-sensor='{_e(device)}/{_e(sensor)}'>"
         f"<line class=axis x1={PAD} y1={HEIGHT - PAD} x2={WIDTH - PAD} y2={HEIGHT - PAD} />"
-        f"{''.join(spans)}<polygon class=band points='{band}' />"
+        f"{''.join(spans)}<polygon class=band points='{band}' />{expected}"
         f"<polyline class=line points='{line}' />{flags}"
         f"<text x={PAD} y=16>{_e(device)} / {_e(sensor)}</text>"
         f"<text x={PAD} y={HEIGHT - 12}>{t0:%H:%M}</text>"
@@ -193,6 +243,8 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
                     predictions.c.min,
                     predictions.c.max,
                     predictions.c.is_anomaly,
+                    predictions.c.expected_low,
+                    predictions.c.expected_high,
                 ).where(
                     predictions.c.run_id == run_id,
                     predictions.c.device == device,
@@ -200,7 +252,15 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
                 )
             ):
                 series[(device, row.sensor)].append(
-                    (row.bucket_start, row.mean, row.min, row.max, bool(row.is_anomaly))
+                    (
+                        row.bucket_start,
+                        row.mean,
+                        row.min,
+                        row.max,
+                        bool(row.is_anomaly),
+                        row.expected_low,
+                        row.expected_high,
+                    )
                 )
         events = list_events(
             conn, EventFilters(run_id=run_id), limit=MAX_EVENT_ROWS + 1, newest_first=False
@@ -242,6 +302,7 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
             "flagged": e.n_buckets,
             "peak": f"{e.peak_score:.3f}",
             "status": e.status,
+            "why": why(e.explanation),
             "event_id": e.event_id,
         }
         for e in events
@@ -280,9 +341,11 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
                 ("flagged", "flagged buckets"),
                 ("peak", "peak score"),
                 ("status", "status"),
+                ("why", "why (the peak bucket)"),
                 ("event_id", "event"),
             ],
             numeric={"flagged", "peak"},
+            classes={"why": "why"},
         )
         if event_rows
         else "<p class=muted>No anomaly events in this run.</p>"
@@ -309,7 +372,8 @@ def build_run_report(ctx: AppContext, run_id: str) -> str | None:
         shown = f" (the {len(ranked)} with most flags)" if len(flagged) > len(ranked) else ""
         body.append(
             f"<h2>Anomalous sensors{shown}</h2><p class=muted>Bucket mean (line), "
-            f"min-max range (band), flagged buckets (red), anomaly events (shaded).</p>{plots}"
+            f"min-max range (blue band), the range the mean was expected in (green dashed "
+            f"band), flagged buckets (red), anomaly events (shaded).</p>{plots}"
         )
     # ---- operators (shared.feedback, shared.alerts): verdicts, precision, alert delivery
     from shared.feedback.report import operator_sections

@@ -84,6 +84,15 @@ def test_report_renders_in_chromium(ctx, scored_run, tmp_path):
     events = run_events(ctx.engine, run.run_id)
     assert events and f"Anomaly events ({len(events)})" in dom
     assert dom.count('<rect class="event"') >= 1
+    # Why each event fired (its peak bucket's explanation), and the band the mean was expected
+    # in drawn on every plot (each plotted sensor has a flag, so a band).
+    import html
+
+    assert "why (the peak bucket)" in dom
+    for event in events:
+        assert event.explanation is not None
+        assert html.escape(event.explanation["summary"], quote=False) in dom
+    assert dom.count('<polygon class="expected"') >= n_plots
 
     shot = tmp_path / "report.png"
     result = chromium(["--window-size=900,2400", f"--screenshot={shot}", page.as_uri()], tmp_path)
@@ -92,7 +101,8 @@ def test_report_renders_in_chromium(ctx, scored_run, tmp_path):
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     red = int(((r > 180) & (g < 80) & (b < 90)).sum())  # flagged buckets
     blue = int(((r < 40) & (g > 80) & (g < 130) & (b > 190)).sum())  # mean lines
-    assert red > 20 and blue > 200, (red, blue)
+    green = int(((g > r + 12) & (g > b + 8)).sum())  # expected bands (translucent green)
+    assert red > 20 and blue > 200 and green > 2000, (red, blue, green)
 
 
 def test_unknown_run_report_is_404(ctx):

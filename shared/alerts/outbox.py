@@ -101,7 +101,8 @@ def event_data(
         "run_id": report_run,
         "report_url": f"{base_url}/api/runs/{report_run}/report",
         "event_url": f"{base_url}/api/anomalies/{event.event_id}",
-        # Why the detector flagged it: filled once events carry explanations (null until then).
+        # Why the detector flagged it: the event's peak bucket explanation (scoring.explain);
+        # null for predictions scored before explanations existed.
         "explanation": explanation,
     }
 

@@ -224,6 +224,11 @@ predictions = Table(
     Column("score", Float(), nullable=False),
     Column("is_anomaly", Boolean(), nullable=False),
     Column("model_version", Integer(), nullable=False),
+    # Explanations (scoring.explain), null for sensors without a flagged bucket in the chunk:
+    # the band the mean was expected in, and why a flagged bucket was flagged (JSON).
+    Column("expected_low", Float(), nullable=True),
+    Column("expected_high", Float(), nullable=True),
+    Column("explanation", Text(), nullable=True),
     PrimaryKeyConstraint("run_id", "device", "sensor", "bucket_start", name="pk_predictions"),
     Index(None, "device", "sensor", "bucket_start"),
     Index(None, "run_id", "chunk_id"),
@@ -265,6 +270,8 @@ anomaly_events = Table(
     Column("last_run_id", String(64), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    # Why: the explanation (JSON) of its peak bucket's prediction (scoring.explain).
+    Column("explanation", Text(), nullable=True),
     # One event per sensor and onset; also the range a recompute reads.
     Index(None, "device", "sensor", "start", unique=True),
     Index(None, "start"),  # listing across the fleet by time
@@ -346,6 +353,8 @@ alert_outbox = Table(
     Index(None, "status", "next_attempt_at"),
     Index(None, "run_id"),
     Index(None, "event_id", "target"),
+    Index(None, "created_at"),  # retention, newest-first listing
+    Index(None, "device", "sensor", "state"),  # announced events of a chunk's sensors
 )
 
 # ---- Feedback (shared.feedback): operators' verdicts on events, and what they change.

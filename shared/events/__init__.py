@@ -7,7 +7,8 @@ score reached the sensitivity threshold). Flagged buckets of the same device/sen
 (``start``, the first flagged bucket's start), ``end`` (end of the last flagged bucket),
 ``last_bucket_start``, peak score and bucket, onset score, the number of flagged buckets,
 ``status`` (``open`` while a flag in the sensor's next bucket would still join it, else
-``closed``), the first and last run that flagged it, and ``created_at``/``updated_at``. Only
+``closed``), the first and last run that flagged it, ``created_at``/``updated_at`` and
+``explanation`` (why: the explanation of its peak bucket's prediction, ``scoring.explain``). Only
 the onset is an alert: one alarm per incident, however many buckets it flags.
 
 Events are kept up to date when a chunk's predictions are recorded (:mod:`.tracking`), by a

@@ -7,6 +7,7 @@ buckets is tested on its own and is the same wherever it runs.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,6 +45,11 @@ class AnomalyEvent:
         bucket), else ``closed``.
     first_run_id, last_run_id:
         The runs whose predictions hold the onset and the last flagged bucket.
+    explanation:
+        Why: the explanation of the peak bucket's prediction (``scoring.explain``: the
+        comparison or feature that was abnormal, its direction, observed value, expected range
+        and the model version that judged it), or ``None`` when that prediction has none
+        (scored before explanations existed). Stored as JSON text, held here as a dict.
     """
 
     event_id: str
@@ -61,6 +67,16 @@ class AnomalyEvent:
     last_run_id: str
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    explanation: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # Rows read from SQL carry the explanation as JSON text.
+        if isinstance(self.explanation, str):
+            object.__setattr__(self, "explanation", parse_explanation(self.explanation))
+
+    def explanation_text(self) -> str | None:
+        """The explanation as stored: canonical JSON text (sorted keys), or None."""
+        return explanation_text(self.explanation)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: timestamps as ISO-8601 with ``Z``."""
@@ -69,6 +85,25 @@ class AnomalyEvent:
             if isinstance(value, datetime):
                 out[key] = value.isoformat() + "Z"
         return out
+
+
+def parse_explanation(text: str | None) -> dict[str, Any] | None:
+    """A stored explanation (JSON text) as a dict; None for null or for text that is not a JSON
+    object (recording refuses such files, so only a hand-edited row can have one)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def explanation_text(explanation: dict[str, Any] | None) -> str | None:
+    """Canonical JSON text of an explanation (so an unchanged one compares equal)."""
+    if explanation is None:
+        return None
+    return json.dumps(explanation, sort_keys=True, separators=(",", ":"))
 
 
 def event_id_for(device: str, sensor: str, start: datetime) -> str:
@@ -94,7 +129,8 @@ def segment(
     ----------
     flags:
         One row per flagged bucket with :data:`FLAG_COLUMNS` (at most one row per device,
-        sensor and bucket), in any order.
+        sensor and bucket), in any order; an optional ``explanation`` column (JSON text or
+        None) gives each event the explanation of its peak bucket.
     gap_buckets:
         ``EVENT_GAP_BUCKETS``: two flags of a sensor ``d`` buckets apart belong to one event
         when ``d <= gap_buckets``, i.e. fewer than ``gap_buckets`` unflagged buckets lie between.
@@ -116,7 +152,9 @@ def segment(
     """
     if flags.empty:
         return []
-    frame = flags.loc[:, list(FLAG_COLUMNS)].sort_values(["device", "sensor", "bucket_start"])
+    explained = "explanation" in flags.columns
+    columns = [*FLAG_COLUMNS, "explanation"] if explained else list(FLAG_COLUMNS)
+    frame = flags.loc[:, columns].sort_values(["device", "sensor", "bucket_start"])
     frame = frame.reset_index(drop=True)
     times = pd.to_datetime(frame["bucket_start"]).to_numpy(dtype="datetime64[us]")
     devices = frame["device"].to_numpy(dtype=object)
@@ -138,6 +176,7 @@ def segment(
     stops = np.append(starts[1:], len(frame))
     scores = frame["score"].to_numpy(dtype=float)
     runs = frame["run_id"].to_numpy(dtype=object)
+    texts = frame["explanation"].to_numpy(dtype=object) if explained else None
     # Each event's maximum, and the first position in the event that reaches it.
     peaks = np.maximum.reduceat(scores, starts)
     segment_of = np.cumsum(new) - 1
@@ -169,6 +208,7 @@ def segment(
                 status=OPEN if is_open(start, last, latest, gap_td, rest_td, bucket_td) else CLOSED,
                 first_run_id=str(runs[lo]),
                 last_run_id=str(runs[hi - 1]),
+                explanation=_text_or_none(texts[peak_pos[i]]) if explained else None,
             )
         )
     return events
@@ -186,6 +226,10 @@ def is_open(
     still join the event that began at ``start`` and was last flagged at ``last``."""
     following = latest + bucket
     return following - last <= gap and (rest is None or following - start < rest)
+
+
+def _text_or_none(value) -> str | None:
+    return value if isinstance(value, str) else None  # pandas may hold a null as NaN
 
 
 def _py(value: np.datetime64) -> datetime:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Select, exists, select
 
 from shared.db.schema import anomaly_events, predictions, runs
-from shared.events.model import AnomalyEvent
+from shared.events.model import AnomalyEvent, parse_explanation
 from shared.events.tracking import newest_prediction
 
 # Buckets returned with one event at most (an event open for days at one-minute buckets).
@@ -125,7 +125,8 @@ def event_buckets(
     bind: Connection | Engine, event: AnomalyEvent, limit: int = MAX_EVENT_BUCKETS
 ) -> tuple[list[dict[str, Any]], bool]:
     """Every scored bucket of the event's span (flagged or not), oldest first, as the newest
-    run scored it; and whether the list was cut at ``limit``."""
+    run scored it, with its expected band and (flagged buckets) explanation; and whether the
+    list was cut at ``limit``."""
     q = predictions.alias("q")
     query = (
         select(q)
@@ -144,4 +145,5 @@ def event_buckets(
     for row in rows:
         row["bucket_start"] = row["bucket_start"].isoformat() + "Z"
         row["is_anomaly"] = bool(row["is_anomaly"])
+        row["explanation"] = parse_explanation(row["explanation"])
     return rows[:limit], len(rows) > limit

@@ -60,6 +60,86 @@ SCHEMAS = {
                 "enum": ["confirmed", "false_alarm", "expected"],
                 "description": "The latest operator feedback (shared.feedback), if any",
             },
+            "explanation": {
+                "allOf": [ref("Explanation")],
+                "nullable": True,
+                "description": "Why: the explanation of the peak bucket (null when it was "
+                "scored before explanations existed)",
+            },
+        },
+    },
+    "Explanation": {
+        "type": "object",
+        "description": "Why a bucket was flagged (scoring.explain). kind `baseline`: the default "
+        "detector's own comparison that decided the flag; kind `feature_deviation`: for other "
+        "estimators, which features deviated most from the model's training distribution "
+        "(robust z-scores), not the model's own reasoning.",
+        "required": ["kind", "score", "model_version", "summary"],
+        "properties": {
+            "kind": {"type": "string", "enum": ["baseline", "feature_deviation"]},
+            "summary": {"type": "string", "description": "One sentence for people"},
+            "comparison": {
+                "type": "string",
+                "description": "baseline: level_vs_recent, level_vs_time_of_day, "
+                "min_vs_recent, max_vs_recent, spread_vs_recent, novel_min, novel_max or "
+                "novel_spread; feature_deviation: <feature>_vs_training",
+            },
+            "feature": {
+                "type": "string",
+                "description": "The aggregate concerned (mean, min, max, std, ...)",
+            },
+            "direction": {"type": "string", "enum": ["above", "below"]},
+            "observed": {"type": "number", "nullable": True},
+            "expected": {
+                "type": "number",
+                "nullable": True,
+                "description": "Centre of the expected range (a median)",
+            },
+            "expected_low": {"type": "number", "nullable": True},
+            "expected_high": {"type": "number", "nullable": True},
+            "deviation": {
+                "type": "number",
+                "nullable": True,
+                "description": "In robust standard deviations (IQR / 1.349)",
+            },
+            "rule": {
+                "type": "string",
+                "enum": ["single_bucket", "sustained", "novelty"],
+                "description": "baseline: how the flag came about",
+            },
+            "deviations": {
+                "type": "object",
+                "additionalProperties": {"type": "number", "nullable": True},
+                "description": "baseline: every comparison's deviation",
+            },
+            "novel": {"type": "array", "items": {"type": "string"}},
+            "score": {"type": "number"},
+            "sensitivity": {"type": "number"},
+            "model_version": {"type": "integer"},
+            "model_format": {"type": "string"},
+            "estimator": {"type": "string"},
+            "available": {
+                "type": "boolean",
+                "description": "feature_deviation: false when the model was trained before "
+                "training statistics were stored",
+            },
+            "description": {"type": "string"},
+            "features": {
+                "type": "array",
+                "description": "feature_deviation: the most deviating features",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "feature": {"type": "string"},
+                        "observed": {"type": "number", "nullable": True},
+                        "median": {"type": "number", "nullable": True},
+                        "expected_low": {"type": "number", "nullable": True},
+                        "expected_high": {"type": "number", "nullable": True},
+                        "z": {"type": "number", "nullable": True},
+                        "direction": {"type": "string", "enum": ["above", "below"]},
+                    },
+                },
+            },
         },
     },
     "AnomalyEventDetail": {
@@ -95,6 +175,17 @@ SCHEMAS = {
             "score": {"type": "number"},
             "is_anomaly": {"type": "boolean"},
             "model_version": {"type": "integer"},
+            "expected_low": {
+                "type": "number",
+                "nullable": True,
+                "description": "Band the mean was expected in (sensors with a flag)",
+            },
+            "expected_high": {"type": "number", "nullable": True},
+            "explanation": {
+                "allOf": [ref("Explanation")],
+                "nullable": True,
+                "description": "Why the bucket was flagged (flagged buckets)",
+            },
         },
     },
 }

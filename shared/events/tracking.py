@@ -85,6 +85,7 @@ EVENT_FIELDS = (
     "status",
     "first_run_id",
     "last_run_id",
+    "explanation",  # JSON text: the peak bucket's (scoring.explain)
 )
 
 
@@ -250,7 +251,7 @@ def update_events_for_chunk(
             [
                 {
                     "b_event_id": e.event_id,
-                    **{f"b_{name}": getattr(e, name) for name in EVENT_FIELDS},
+                    **{f"b_{name}": value for name, value in _fields(e).items()},
                     "b_updated_at": now,
                 }
                 for e in changed
@@ -283,7 +284,7 @@ def _flags_from(conn: Connection, chunk, lo: datetime) -> pd.DataFrame:
     """Flagged buckets (newest run's prediction) of the chunk's sensors from ``lo`` on."""
     q = predictions.alias("q")
     rows = conn.execute(
-        select(q.c.device, q.c.sensor, q.c.bucket_start, q.c.score, q.c.run_id)
+        select(q.c.device, q.c.sensor, q.c.bucket_start, q.c.score, q.c.run_id, q.c.explanation)
         .join(chunk, and_(q.c.device == chunk.c.device, q.c.sensor == chunk.c.sensor))
         .where(q.c.bucket_start >= lo, q.c.is_anomaly == true(), newest_prediction(q))
     ).all()
@@ -296,7 +297,7 @@ def _flags_of_events_before(conn: Connection, event_ids: Sequence[str], lo: date
     frames = []
     for batch in _batches(event_ids):
         rows = conn.execute(
-            select(q.c.device, q.c.sensor, q.c.bucket_start, q.c.score, q.c.run_id)
+            select(q.c.device, q.c.sensor, q.c.bucket_start, q.c.score, q.c.run_id, q.c.explanation)
             .join(
                 anomaly_events,
                 and_(
@@ -318,7 +319,8 @@ def _flags_of_events_before(conn: Connection, event_ids: Sequence[str], lo: date
 
 def _frame(rows) -> pd.DataFrame:
     return pd.DataFrame(
-        [tuple(r) for r in rows], columns=["device", "sensor", "bucket_start", "score", "run_id"]
+        [tuple(r) for r in rows],
+        columns=["device", "sensor", "bucket_start", "score", "run_id", "explanation"],
     )
 
 
@@ -327,7 +329,10 @@ def _event(row) -> AnomalyEvent:
 
 
 def _fields(event: AnomalyEvent) -> dict:
-    return {name: getattr(event, name) for name in EVENT_FIELDS}
+    """The stored columns of an event (the explanation as canonical JSON text)."""
+    out = {name: getattr(event, name) for name in EVENT_FIELDS}
+    out["explanation"] = event.explanation_text()
+    return out
 
 
 def _batches(items: Sequence, size: int = IN_BATCH) -> Iterable[list]:

@@ -47,7 +47,12 @@ from azure.core.exceptions import ResourceNotFoundError
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
-from scoring.features import CONTEXT_COLUMN, ERROR_COLUMNS, PREDICTION_COLUMNS
+from scoring.features import (
+    CONTEXT_COLUMN,
+    ERROR_COLUMNS,
+    EXPLANATION_COLUMNS,
+    PREDICTION_COLUMNS,
+)
 from shared.alerts import deliver_quietly, enqueue_for_chunk
 from shared.blobs import errors_blob, parse_predictions_blob
 from shared.clock import utcnow
@@ -238,6 +243,8 @@ PREDICTION_ROW = (
     "score",
     "is_anomaly",
     "model_version",
+    # ---- explanations (scoring.explain): optional in the file, null when absent
+    *EXPLANATION_COLUMNS,
 )
 
 
@@ -307,6 +314,7 @@ def _check_delivery(ctx: AppContext, run: records.Run, chunk, data: bytes) -> De
     if missing:
         raise DeliveryRefused(f"unreadable predictions file: lacks column(s) {', '.join(missing)}")
     columns = {name: _typed_column(table, name) for name in PREDICTION_COLUMNS}
+    columns.update(_explanation_columns(table))  # explanations: optional, checked, else null
     score = columns["score"]
     bad_score = pc.sum(pc.invert(pc.and_(pc.greater_equal(score, 0.0), pc.less_equal(score, 1.0))))
     if (bad_score.as_py() or 0) or pc.any(pc.is_nan(score)).as_py():
@@ -420,6 +428,57 @@ def _typed_column(table: pa.Table, name: str) -> pa.ChunkedArray:
             f"predictions file refused: {column.null_count} null value(s) in column {name}"
         )
     return column
+
+
+MAX_EXPLANATION = 8000
+"""Longest explanation stored (the scoring step writes ~600 characters)."""
+
+
+def _explanation_columns(table: pa.Table) -> dict[str, pa.ChunkedArray]:
+    """The explanation columns (:data:`scoring.features.EXPLANATION_COLUMNS`) in their stored
+    types: all null when the file has none (an older scoring step); bands as float64 with
+    NaN/inf as null (SQL Server stores neither); each explanation a JSON object, else the file
+    is refused (only flagged rows have one, so the check costs little)."""
+    out = {}
+    for name in EXPLANATION_COLUMNS:
+        if name not in table.column_names:
+            out[name] = pa.chunked_array(
+                [pa.nulls(table.num_rows, pa.string() if name == "explanation" else pa.float64())]
+            )
+            continue
+        column = table.column(name)
+        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+        if name == "explanation":
+            ok = any(test(kind) for test in _STRINGS) or pa.types.is_null(kind)
+            target = pa.string()
+        else:
+            ok = pa.types.is_floating(kind) or pa.types.is_null(kind)
+            target = pa.float64()
+        if not ok:
+            raise DeliveryRefused(
+                f"predictions file refused: column {name} is {column.type}, not {target}"
+            )
+        column = column.cast(target)
+        if name != "explanation":
+            out[name] = pc.if_else(pc.is_finite(column), column, pa.scalar(None, pa.float64()))
+            continue
+        texts = column.drop_null()
+        for text in texts.to_pylist():
+            if len(text) > MAX_EXPLANATION:
+                raise DeliveryRefused(
+                    f"predictions file refused: an explanation is longer than {MAX_EXPLANATION} "
+                    "characters"
+                )
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise DeliveryRefused(
+                    f"predictions file refused: explanation {text[:80]!r} is not a JSON object"
+                )
+        out[name] = column
+    return out
 
 
 def _key_text(table: pa.Table) -> str:

@@ -15,7 +15,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.tree import DecisionTreeClassifier
 
 import scoring.score as score_module
-from scoring.features import DEFAULT_FEATURES, PREDICTION_COLUMNS
+from scoring.features import DEFAULT_FEATURES, EXPLANATION_COLUMNS, PREDICTION_COLUMNS
 from scoring.model_sets import SensorModel, graded_from_margin, margin_unit
 from scoring.modeling import fit_sensor_model, write_model_set
 from scoring.score import score_chunks
@@ -137,7 +137,7 @@ def test_scores_known_values_and_isolates_failures(world, tmp_path):
         assert reason in got[key], (key, got[key])
 
     table = pq.read_table(tmp_path / "chunk-0001.predictions.parquet")
-    assert table.column_names == list(PREDICTION_COLUMNS)
+    assert table.column_names == list(PREDICTION_COLUMNS + EXPLANATION_COLUMNS)
     assert table.schema.metadata[b"scoring.chunk_id"] == b"chunk-0001"
     assert table.schema.metadata[b"scoring.errors"] == b"5"
     assert str(table.schema.field("bucket_start").type) == "timestamp[us, tz=UTC]"
