@@ -266,7 +266,7 @@ def test_widths_table_is_in_the_schema():
 
 
 def test_bucket_aggregates_leave_room_for_in_place_updates(postgres_server):
-    """PostgreSQL: migration 0007 gives bucket_aggregates pages free space (fillfactor 70), so
+    """PostgreSQL: migration 0009 gives bucket_aggregates pages free space (fillfactor 70), so
     the repeated updates of a bucket's row stay on its page (HOT) instead of bloating the table
     and its index."""
     from tests.conftest import fresh_postgres_url

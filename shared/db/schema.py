@@ -88,7 +88,7 @@ bucket_aggregates = Table(
         "bucket_seconds", "bucket_start", "device", "sensor", name="pk_bucket_aggregates"
     ),
     sqlite_with_rowid=False,
-    # Room on each page for the many updates of a bucket's row in place (HOT), migration 0007.
+    # Room on each page for the many updates of a bucket's row in place (HOT), migration 0009.
     postgresql_with={"fillfactor": 70},
 )
 

@@ -1,7 +1,7 @@
 """bucket_aggregates fillfactor 70 on PostgreSQL
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-02 11:00:00
 
 Ingestion updates each bucket's row once per reading it adds (every 5 s for a 60-s bucket: 12
@@ -15,8 +15,8 @@ are not rewritten). SQLite and SQL Server have no such setting for this: nothing
 
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
