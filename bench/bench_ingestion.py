@@ -11,16 +11,26 @@ redelivery must insert nothing). Three shapes:
 * ``100x100``: 100 events of 100 readings each (a producer that batches readings itself).
 
     .venv/bin/python bench/bench_ingestion.py [--readings 200000] [--shapes 100x1,1000x1,100x100]
+                                              [--profile]
 
 Event bodies are built before timing starts; the timed part is exactly the function call:
 decode, validate, idempotent bulk insert with the bucket aggregates' upkeep, commit. After each
 shape the aggregates are checked against the readings (counts and sums per bucket).
+
+``--profile`` adds, per call, what does not depend on how busy the machine is: the CPU time of
+this process (decoding, validation, the driver) and of the PostgreSQL server's processes (the
+statement, WAL, background writers; read from /proc), and the round trips to the server
+(frontend Sync and simple-Query messages in a libpq trace of every pooled connection, over
+the first calls of each phase; CPU is measured over the others). On a
+shared machine the wall clock stretches with other jobs' load, CPU time far less: readings /
+(client + server CPU) is the rate one sequential caller reaches when the machine is its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -83,19 +93,91 @@ def _reset_postgres(url: str) -> None:
     engine.dispose()
 
 
-def run(engine_url: str, connection_string: str, batches, label: str) -> dict:
+# Calls of each phase whose round trips are counted: libpq's trace writes every message (the
+# arrays too) to a file, which costs client CPU, so it is off while CPU time is measured.
+TRACED_CALLS = 10
+
+
+class CallProfile:
+    """CPU seconds of this process and of the PostgreSQL server's processes, and round trips
+    (from a libpq trace of the engine's connections); see the module docstring."""
+
+    def __init__(self, engine: sa.Engine, server_pid: int | None, folder: Path) -> None:
+        self.server_pid = server_pid
+        self.path = folder / f"libpq-{id(engine)}.trace"
+        self.trace = open(self.path, "w")  # noqa: SIM115 - closed in trace_off
+        self.connections: list = []
+        self.tracing = False
+        if engine.dialect.name == "postgresql":
+
+            @sa.event.listens_for(engine, "connect")
+            def _connected(dbapi_connection, _record) -> None:
+                self.connections.append(dbapi_connection)
+                if self.tracing:
+                    dbapi_connection.pgconn.trace(self.trace.fileno())
+
+    def trace_on(self) -> None:
+        self.trace.truncate(0)
+        self.trace.seek(0)
+        self.tracing = True
+        for connection in self.connections:
+            if not connection.closed:
+                connection.pgconn.trace(self.trace.fileno())
+
+    def round_trips(self) -> int:
+        """Stop tracing; the frontend's Sync and simple Query messages since trace_on()."""
+        self.tracing = False
+        for connection in self.connections:
+            if not connection.closed:
+                connection.pgconn.untrace()
+        self.trace.flush()
+        count = 0
+        with open(self.path) as lines:
+            for line in lines:
+                parts = line.split("\t", 4)
+                message = parts[3].split(" ", 1)[0].strip() if len(parts) > 3 else ""
+                if parts[1:2] == ["F"] and message in ("Sync", "Query"):
+                    count += 1
+        return count
+
+    def cpu(self) -> tuple[float, float]:
+        """(this process's, the PostgreSQL server processes') CPU seconds so far."""
+        if self.server_pid is None:
+            return time.process_time(), 0.0
+        ticks = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # After "(comm)": state, ppid, ..., utime (12th) and stime (13th).
+            if int(fields[1]) == self.server_pid or int(entry.name) == self.server_pid:
+                ticks += int(fields[11]) + int(fields[12])
+        return time.process_time(), ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run(engine_url: str, connection_string: str, batches, label: str, profile=None) -> dict:
     settings = Settings.from_env(
         {"SQL_URL": engine_url, "ScoringStorage": connection_string, "DATA_DIR": tempfile.mkdtemp()}
     )
     ctx = AppContext.create(settings)
+    profiler = CallProfile(ctx.engine, *profile) if profile else None
     migrate.upgrade(ctx.engine)
     set_context(ctx)
     ingest = user_function("ingest_readings")
     n = sum(len(json.loads(e.get_body())) for b in batches for e in b)
     results = {}
     for phase in ("first delivery", "redelivery"):
+        traced = min(TRACED_CALLS, len(batches) // 4) if profiler else 0
+        if traced:
+            profiler.trace_on()
         started = time.perf_counter()
-        for batch in batches:
+        for i, batch in enumerate(batches):
+            if i == traced and profiler:
+                trips = profiler.round_trips() if traced else None
+                before = profiler.cpu()
             ingest(batch)
         seconds = time.perf_counter() - started
         results[phase] = {
@@ -103,6 +185,18 @@ def run(engine_url: str, connection_string: str, batches, label: str) -> dict:
             "seconds": round(seconds, 3),
             "readings_per_s": round(n / seconds),
         }
+        if profiler:
+            client, server = (b - a for a, b in zip(before, profiler.cpu(), strict=True))
+            calls = len(batches) - traced
+            per_call = n / len(batches)
+            results[phase].update(
+                client_cpu_ms_per_call=round(1000 * client / calls, 3),
+                server_cpu_ms_per_call=round(1000 * server / calls, 3),
+                round_trips_per_call=round(trips / traced, 2) if traced else None,
+                cpu_bound_readings_per_s=(
+                    round(calls * per_call / (client + server)) if client + server else None
+                ),
+            )
     with ctx.engine.connect() as conn:
         stored = conn.execute(sa.select(sa.func.count()).select_from(readings)).scalar_one()
         inspector = sa.inspect(conn)
@@ -127,6 +221,11 @@ def main() -> int:
         "--shapes", default=SHAPES, help="EVENTSxREADINGS per call, comma-separated"
     )
     parser.add_argument("--engines", default="sqlite,postgresql")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also report CPU ms per call (client, server) and round trips per call",
+    )
     args = parser.parse_args()
     import logging
 
@@ -143,11 +242,17 @@ def main() -> int:
             for engine in engines:
                 if engine == "sqlite":
                     url = f"sqlite:///{tmp / f'bench-{shape}.db'}"
+                    server_pid = None
                 else:
                     url = postgres.url()
                     _reset_postgres(url)
+                    server_pid = postgres.pid()
                 report.setdefault(shape, {})[engine] = run(
-                    url, azurite.connection_string, batches, f"{engine} {shape}"
+                    url,
+                    azurite.connection_string,
+                    batches,
+                    f"{engine} {shape}",
+                    (server_pid, tmp) if args.profile else None,
                 )
     finally:
         azurite.stop()
@@ -156,6 +261,11 @@ def main() -> int:
     print(
         f"{'shape':<9}{'engine':<12}{'phase':<16}{'readings':>10}{'seconds':>10}"
         f"{'readings/s':>12}{'ms/call':>9}"
+        + (
+            f"{'client CPU':>12}{'server CPU':>12}{'round trips':>12}{'CPU-bound/s':>12}"
+            if args.profile
+            else ""
+        )
     )
     for shape, engines_report in report.items():
         events = int(shape.split("x")[0])
@@ -163,9 +273,16 @@ def main() -> int:
         for engine, phases in engines_report.items():
             for phase, r in phases.items():
                 ms = 1000 * r["seconds"] / max(1, r["readings"] / per_call)
+                extra = ""
+                if "client_cpu_ms_per_call" in r:
+                    extra = (
+                        f"{r['client_cpu_ms_per_call']:>12.2f}{r['server_cpu_ms_per_call']:>12.2f}"
+                        f"{r['round_trips_per_call'] if engine != 'sqlite' else '-':>12}"
+                        f"{r['cpu_bound_readings_per_s'] or 0:>12,}"
+                    )
                 print(
                     f"{shape:<9}{engine:<12}{phase:<16}{r['readings']:>10,}{r['seconds']:>10.2f}"
-                    f"{r['readings_per_s']:>12,}{ms:>9.2f}"
+                    f"{r['readings_per_s']:>12,}{ms:>9.2f}{extra}"
                 )
     print(json.dumps(report))
     return 0

@@ -263,3 +263,21 @@ def test_sql_server_statements_compile():
 def test_widths_table_is_in_the_schema():
     assert aggregate_widths.c.bucket_seconds.primary_key
     assert [c.name for c in bucket_aggregates.primary_key.columns] == list(aggregates.KEY)
+
+
+def test_bucket_aggregates_leave_room_for_in_place_updates(postgres_server):
+    """PostgreSQL: migration 0009 gives bucket_aggregates pages free space (fillfactor 70), so
+    the repeated updates of a bucket's row stay on its page (HOT) instead of bloating the table
+    and its index."""
+    from tests.conftest import fresh_postgres_url
+
+    engine = engine_for_url(fresh_postgres_url(postgres_server))
+    try:
+        migrate.upgrade(engine)
+        with engine.connect() as conn:
+            options = conn.execute(
+                sa.text("SELECT reloptions FROM pg_class WHERE relname = 'bucket_aggregates'")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert options == ["fillfactor=70"]

@@ -28,7 +28,7 @@ from shared.db.retry import call_with_sql_retry, error_code, is_transient, with_
 from shared.db.schema import readings
 from shared.local.postgres import start_postgres
 from shared.settings import Settings
-from tests.conftest import unique_containers
+from tests.conftest import fresh_postgres_url, unique_containers
 from tests.helpers import event, user_function
 
 DRIVER = "[Microsoft][ODBC Driver 18 for SQL Server]"
@@ -381,7 +381,11 @@ def _batch(first: int, seq: int):
 
 def test_ingestion_rides_out_a_postgresql_restart(restartable_postgres, azurite, tmp_path, caplog):
     """The Event Hubs trigger, through shared.context's engine: the server goes down after a
-    first batch and comes back 2 s later; the next batch waits for it instead of failing."""
+    first batch and comes back 2 s later; the next batch waits for it instead of failing.
+
+    Ingestion does not ping a connection it used a moment ago (one round trip saved per call):
+    the statement finds it dead, the whole unit of work is retried once, and its new
+    connection waits for the server through the connect retry."""
     settings = Settings.from_env(_env(tmp_path, _fresh_database(restartable_postgres), azurite))
     ctx = AppContext.create(settings)
     migrate.upgrade(ctx.engine)
@@ -404,9 +408,47 @@ def test_ingestion_rides_out_a_postgresql_restart(restartable_postgres, azurite,
     assert elapsed >= 1.5  # it did wait for the server
     retries = _retry_records(caplog)
     assert retries, "no retry was logged"
-    assert all(r.sql_operation == "connect" for r in retries)
+    assert [r.sql_operation for r in retries[:1]] == ["insert readings"]
+    connects = retries[1:]
+    assert connects, "the new connection did not wait for the server"
+    assert all(r.sql_operation == "connect" for r in connects)
     assert all(r.error_class.startswith("psycopg.") for r in retries)
-    assert [r.attempt for r in retries] == list(range(1, len(retries) + 1))
+    assert [r.attempt for r in connects] == list(range(1, len(connects) + 1))
+
+
+def test_checkout_ping_is_skipped_only_for_trusted_recent_connections(postgres_server, monkeypatch):
+    """Pooled connections are pinged on checkout (as pool_pre_ping did), and a dead one is
+    replaced; inside trust_recent_connections() a connection used within TRUSTED_IDLE_SECONDS
+    is not pinged, one idle longer still is. The pings are counted on the real dialect."""
+    from shared.db import engine as engine_module
+
+    url = fresh_postgres_url(postgres_server)
+    engine = engine_module.engine_for_url(url)
+    pings: list[int] = []
+    real_ping = engine.dialect.do_ping
+    monkeypatch.setattr(engine.dialect, "do_ping", lambda conn: pings.append(1) or real_ping(conn))
+
+    def use() -> int:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+
+    try:
+        pid = use()
+        assert pings == []  # a fresh connection is not pinged
+        assert use() == pid and len(pings) == 1  # a pooled one is
+        with engine_module.trust_recent_connections():
+            assert use() == pid and len(pings) == 1  # used a moment ago: trusted
+            monkeypatch.setattr(engine_module, "TRUSTED_IDLE_SECONDS", 0.0)
+            assert use() == pid and len(pings) == 2  # idle "too long": pinged
+        # A connection that died in the pool is found by the ping and replaced.
+        admin = sa.create_engine(url)
+        with admin.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        admin.dispose()
+        assert use() != pid
+        assert len(pings) == 3
+    finally:
+        engine.dispose()
 
 
 def test_cli_rides_out_a_postgresql_restart(

@@ -88,6 +88,8 @@ bucket_aggregates = Table(
         "bucket_seconds", "bucket_start", "device", "sensor", name="pk_bucket_aggregates"
     ),
     sqlite_with_rowid=False,
+    # Room on each page for the many updates of a bucket's row in place (HOT), migration 0009.
+    postgresql_with={"fillfactor": 70},
 )
 
 # The bucket widths whose aggregates are complete and maintained: ingestion updates every width

@@ -6,13 +6,16 @@ bounds (not before 2000, not more than a day in the future). Values must be fini
 (booleans are rejected even though Python treats them as ints).
 
 The hot path validates ~10^5 readings a second, so ids already seen are remembered and the
-timestamp parser is the C ``datetime.fromisoformat``.
+timestamp parser is the C ``datetime.fromisoformat``; :func:`reading_validator` accepts the
+common reading (known ids, a timestamp already parsed, a finite float) in a few type checks and
+dict lookups, and hands anything else to :func:`validate_reading` for the full checks and reason.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -122,3 +125,39 @@ def validate_reading(item: Any, now: datetime | None = None) -> Reading:
         if not missing:  # every field is there: say which value was of the wrong kind
             raise InvalidReading("a field has a value of the wrong type") from None
         raise InvalidReading(f"missing field(s): {', '.join(missing)}") from None
+
+
+def reading_validator(now: datetime | None = None) -> Callable[[Any], Reading]:
+    """:func:`validate_reading` for many items at one ``now``, with a fast path.
+
+    An item whose ids were validated before, whose timestamp string was parsed before and whose
+    value is a finite float passes with type checks and lookups (the same bounds as
+    :func:`parse_ts`); anything else goes through :func:`validate_reading`, which accepts it or
+    raises :class:`InvalidReading` with the reason. So both accept exactly the same items.
+    """
+    now = now or datetime.now(UTC).replace(tzinfo=None)
+    latest = now + FUTURE_TOLERANCE
+    parsed = _parsed
+    known = _valid_ids
+
+    def validate(item: Any) -> Reading:
+        if type(item) is dict:
+            text = item.get("ts")
+            device = item.get("device")
+            sensor = item.get("sensor")
+            value = item.get("value")
+            if (
+                type(text) is str
+                and type(device) is str
+                and type(sensor) is str
+                and type(value) is float
+                and value - value == 0.0  # finite: inf - inf and nan - nan are nan
+                and device in known
+                and sensor in known
+            ):
+                ts = parsed.get(text)
+                if ts is not None and EARLIEST <= ts <= latest:
+                    return Reading(ts, device, sensor, value)
+        return validate_reading(item, now)
+
+    return validate
