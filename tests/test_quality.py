@@ -65,9 +65,7 @@ def test_nab_replay_real_aws_cloudwatch(nab_env, azurite, mssql_check, tmp_path)
     set_context(ctx)
     out = tmp_path / "results"
     try:
-        report = replay_nab(
-            ctx, NAB, NAB / "labels.json", out, categories=["realAWSCloudwatch"]
-        )
+        report = replay_nab(ctx, NAB, NAB / "labels.json", out, categories=["realAWSCloudwatch"])
     finally:
         set_context(None)
         ctx.engine.dispose()
@@ -84,8 +82,16 @@ def test_nab_replay_real_aws_cloudwatch(nab_env, azurite, mssql_check, tmp_path)
 
     done = subprocess.run(
         [
-            sys.executable, str(NAB_SCORER), "--results", str(out), "--data", str(NAB),
-            "--labels", str(NAB / "labels.json"), "--detector", "product",
+            sys.executable,
+            str(NAB_SCORER),
+            "--results",
+            str(out),
+            "--data",
+            str(NAB),
+            "--labels",
+            str(NAB / "labels.json"),
+            "--detector",
+            "product",
         ],  # fmt: skip
         capture_output=True,
         text=True,
