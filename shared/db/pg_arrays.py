@@ -100,8 +100,11 @@ _DUMPERS: list[tuple[type, type]] = []
 def register(dbapi_connection: Any) -> None:
     """Teach a psycopg connection to send :class:`PgArray` values as they are (binary)."""
     if not _DUMPERS:
-        from psycopg.adapt import Dumper
-        from psycopg.pq import Format
+        try:
+            from psycopg.adapt import Dumper
+            from psycopg.pq import Format
+        except ImportError as exc:  # only PostgreSQL connections come here, and they are psycopg's
+            raise RuntimeError("PostgreSQL ingestion needs the psycopg driver installed") from exc
 
         for kind in (TimestampArray, VarcharArray, Float8Array):
             dumper = type(
