@@ -441,10 +441,14 @@ def comparisons(X: np.ndarray, p, cells: np.ndarray | None = None) -> tuple[dict
         centre[name], scale[name] = np.full((s, b), np.nan), np.full((s, b), np.nan)
         centre[name][at], scale[name][at] = _recent_at(values, p.floor, *at)
         z[f"{name}_vs_recent"] = np.abs(values - centre[name]) / scale[name]
-    # One reading per bucket: min = max = mean, which the detector does not compare again.
-    for name, values in (("min_vs_recent", low), ("max_vs_recent", high)):
-        same = (values == level).all(axis=1)
-        z[name][same] = np.nan
+    # Sensors whose aggregate the detector does not compare (one reading per bucket, or never
+    # changing): scoring.baseline.compared_sensors.
+    for name, values in (
+        ("min_vs_recent", low),
+        ("max_vs_recent", high),
+        ("spread_vs_recent", spread),
+    ):
+        z[name][~bl.compared_sensors(values, level)] = np.nan
     seasonal = p.seasonal.astype(bool)
     centre["time_of_day"] = np.take_along_axis(p.profile, bl._slots(day), axis=1)
     scale["time_of_day"] = np.broadcast_to(p.seasonal_scale[:, None], (s, b))
@@ -457,13 +461,16 @@ def comparisons(X: np.ndarray, p, cells: np.ndarray | None = None) -> tuple[dict
 def _recent_at(
     values: np.ndarray, floor: np.ndarray, i: np.ndarray, t: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_recent_centre` at the cells ``(i, t)`` only: one ``np.partition`` of their
-    windows (the same order statistics :mod:`scoring.rolling` selects)."""
+    """Median and scale of the recent past the detector compares a minimum, maximum or spread
+    with, at the cells ``(i, t)`` only: the :data:`~scoring.baseline.RECENT_BUCKETS` buckets
+    before bucket ``t - t % OTHERS_STRIDE`` (:data:`scoring.baseline.OTHERS_STRIDE`), one
+    ``np.partition`` of their windows."""
     w = bl.RECENT_BUCKETS
     if not len(i):
         return np.zeros(0), np.zeros(0)
     padded = np.concatenate([np.repeat(values[:, :1], w, axis=1), values], axis=1)
-    windows = padded[i[:, None], t[:, None] + np.arange(w)]  # the w buckets before each cell
+    anchor = t - t % bl.OTHERS_STRIDE
+    windows = padded[i[:, None], anchor[:, None] + np.arange(w)]  # the w buckets before it
     kth = (w // 4, w // 2, (3 * w) // 4)
     ordered = np.partition(windows, kth, axis=1)
     q_low, median, q_high = (ordered[:, k] for k in kth)

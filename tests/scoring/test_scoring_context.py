@@ -105,6 +105,61 @@ def test_window_scores_equal_the_full_computation(fitted):
         assert np.isnan(z_from[i, : start[i]]).all() and np.isnan(r_from[i, : start[i]]).all()
 
 
+def test_a_sensors_scores_do_not_depend_on_its_chunk_neighbours(fitted):
+    """Each sensor scored alone equals it scored in a block with others of another kind: the
+    one-reading rule (its min and max are its mean) is decided per sensor. Before, one sensor
+    with several readings per bucket in a block of 256 made the others' min and max compared
+    too, so a one-reading seasonal sensor's scores changed with the chunk it landed in."""
+    rng = np.random.default_rng(21)
+    counts = np.array([108, 108, 108, 108, 60, 30])
+    single = np.array([True, False, True, False, True, False])
+    X = _tensor(rng, counts, single)
+    params = fitted.take(np.array([0, 1, 2, 3, 0, 1]))  # seasonal ones: 0 and 2
+    assert params.seasonal.tolist() == [True, False, True, False, True, False]
+    n_context = np.array([48, 48, 0, 48, 5, 3])
+    X[0, 70:74, :3] += 40.0  # a step on the one-reading sensors, so something is flagged
+    X[2, 80:83, :3] += 40.0
+    together = baseline.score(X, params, n_context)
+    for i in range(len(counts)):
+        alone = baseline.score(X[i : i + 1], params.take(np.array([i])), n_context[i : i + 1])
+        np.testing.assert_array_equal(alone[0], together[i], err_msg=f"sensor {i}")
+    only_single = np.flatnonzero(single)
+    apart = baseline.score(X[only_single], params.take(only_single), n_context[only_single])
+    np.testing.assert_array_equal(apart, together[only_single])
+    assert (together[0, 70:74] >= 0.5).any()
+    # Which sensors compare their min and max: not the one-reading ones, nor a constant spread.
+    level, low, spread = X[..., 0], X[..., 1], X[..., 3]
+    assert baseline.compared_sensors(low, level).tolist() == (~single).tolist()
+    assert not baseline.compared_sensors(spread, level)[single].any()
+
+
+def test_strided_recent_past_is_the_window_before_the_last_multiple_of_the_stride():
+    """Min, max and spread are compared with the RECENT_BUCKETS buckets before bucket
+    ``t - t % OTHERS_STRIDE`` (the first value standing in before a sensor's first row), from
+    any start on: checked against that definition computed one bucket at a time."""
+    rng = np.random.default_rng(4)
+    s, b, w = 7, 130, baseline.RECENT_BUCKETS
+    stride = baseline.OTHERS_STRIDE
+    values = np.round(rng.normal(10, 2, (s, b)), 1)  # rounded: ties
+    floor = np.full(s, 0.05)
+    start = np.array([0, 1, 7, 8, 9, 64, 129])
+    n = b - int(start.min())
+    got = baseline._recent_deviation_from(values, floor, start, n, stride)
+    for i in range(s):
+        history = np.concatenate([np.repeat(values[i, :1], w), values[i]])
+        for k in range(n):
+            t = min(start[i] + k, b - 1)
+            window = np.sort(history[t - t % stride : t - t % stride + w])
+            q_low, median, q_high = window[w // 4], window[w // 2], window[(3 * w) // 4]
+            scale = max((q_high - q_low) / 1.349, floor[i])
+            assert got[i, k] == pytest.approx(abs(values[i, t] - median) / scale, abs=1e-12)
+    # A stride of 1 is the exact sliding window.
+    np.testing.assert_allclose(
+        baseline._recent_deviation_from(values, floor, np.zeros(s, np.intp), b, 1),
+        baseline._recent_deviation(values, floor),
+    )
+
+
 def test_short_mean_equals_the_running_sum_form():
     """The 5-bucket mean is a plain sum of its terms (so it does not depend on how many buckets
     before were computed); it equals the running-sum form it replaced to rounding."""
