@@ -11,7 +11,14 @@ redelivery must insert nothing). Three shapes:
 * ``100x100``: 100 events of 100 readings each (a producer that batches readings itself).
 
     .venv/bin/python bench/bench_ingestion.py [--readings 200000] [--shapes 100x1,1000x1,100x100]
-                                              [--profile]
+                                              [--profile] [--partitions 1,2]
+
+``--partitions P`` (one run per value): the events are split into P Event Hubs partitions by
+device (the partition key producers set, so a sensor's readings stay in one partition and in
+order) and P processes call the function at once, each with its own partition's batches, as the
+host runs one invocation per partition at a time. The rate is all readings over the wall time
+from the common start to the last process's end. On this machine the processes and the
+PostgreSQL server share 2 cores; in Azure the Functions instances and Azure SQL do not.
 
 Event bodies are built before timing starts; the timed part is exactly the function call:
 decode, validate, idempotent bulk insert with the bucket aggregates' upkeep, commit. After each
@@ -55,8 +62,12 @@ SHAPES = "100x1,1000x1,100x100"
 
 
 def make_batches(
-    total: int, events_per_batch: int, readings_per_event: int
+    total: int, events_per_batch: int, readings_per_event: int, partitions: int = 1
 ) -> list[list[func.EventHubEvent]]:
+    """Batches of events as the host delivers them; with ``partitions`` > 1, batches of partition
+    ``p`` are ``batches[p::partitions]`` (events keyed by the device of their first reading)."""
+    if partitions > 1:
+        return _partitioned_batches(total, events_per_batch, readings_per_event, partitions)
     sensors = 1000
     steps = max(1, total // sensors)
     end = datetime(2026, 4, 1, 12)
@@ -82,6 +93,112 @@ def make_batches(
     if batch:
         batches.append(batch)
     return batches
+
+
+def _partitioned_batches(
+    total: int, events_per_batch: int, readings_per_event: int, partitions: int
+) -> list[list[func.EventHubEvent]]:
+    events = [e for batch in make_batches(total, 1, readings_per_event) for e in batch]
+    lanes: list[list[func.EventHubEvent]] = [[] for _ in range(partitions)]
+    devices: dict[str, int] = {}
+    for event in events:
+        device = json.loads(event.get_body())[0]["device"]
+        lane = lanes[devices.setdefault(device, len(devices)) % partitions]
+        seq = len(lane)
+        lane.append(
+            func.EventHubEvent(
+                body=event.get_body(),
+                sequence_number=seq,
+                offset=str(seq),
+                enqueued_time=event.enqueued_time,
+            )
+        )
+    per_lane = [
+        [lane[i : i + events_per_batch] for i in range(0, len(lane), events_per_batch)]
+        for lane in lanes
+    ]
+    batches = []
+    for i in range(max(len(b) for b in per_lane)):
+        for p in range(partitions):
+            # Round-robin, so batches[p::partitions] is partition p's (an empty batch pads a
+            # shorter partition; the function treats it as a no-op call).
+            batches.append(per_lane[p][i] if i < len(per_lane[p]) else [])
+    return batches
+
+
+def _partition_worker(engine_url, connection_string, batches, barrier, queue) -> None:
+    """One partition's invocations, one at a time, in a process of its own (see the docstring)."""
+    settings = Settings.from_env(
+        {"SQL_URL": engine_url, "ScoringStorage": connection_string, "DATA_DIR": tempfile.mkdtemp()}
+    )
+    ctx = AppContext.create(settings)
+    set_context(ctx)
+    ingest = user_function("ingest_readings")
+    try:
+        for _phase in ("first delivery", "redelivery"):
+            barrier.wait()
+            for batch in batches:
+                if batch:
+                    ingest(batch)
+            barrier.wait()
+        queue.put(None)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the run
+        queue.put(repr(exc))
+        barrier.abort()
+    finally:
+        ctx.engine.dispose()
+
+
+def run_partitioned(
+    engine_url: str, connection_string: str, batches, label: str, partitions: int
+) -> dict:
+    """:func:`run` with ``partitions`` processes calling at once (no per-call profile)."""
+    import multiprocessing
+
+    settings = Settings.from_env(
+        {"SQL_URL": engine_url, "ScoringStorage": connection_string, "DATA_DIR": tempfile.mkdtemp()}
+    )
+    ctx = AppContext.create(settings)
+    migrate.upgrade(ctx.engine)
+    ctx.engine.dispose()  # the children open their own connections
+    n = sum(len(json.loads(e.get_body())) for b in batches for e in b)
+    mp = multiprocessing.get_context("fork")
+    barrier = mp.Barrier(partitions + 1)
+    queue = mp.Queue()
+    workers = [
+        mp.Process(
+            target=_partition_worker,
+            args=(engine_url, connection_string, batches[p::partitions], barrier, queue),
+        )
+        for p in range(partitions)
+    ]
+    for worker in workers:
+        worker.start()
+    results = {}
+    try:
+        for phase in ("first delivery", "redelivery"):
+            barrier.wait(timeout=600)
+            started = time.perf_counter()
+            barrier.wait(timeout=3600)
+            seconds = time.perf_counter() - started
+            results[phase] = {
+                "readings": n,
+                "seconds": round(seconds, 3),
+                "readings_per_s": round(n / seconds),
+                "partitions": partitions,
+            }
+    finally:
+        for worker in workers:
+            worker.join(timeout=60)
+    errors = [e for e in (queue.get(timeout=10) for _ in workers) if e]
+    assert not errors, f"{label}: {errors}"
+    with ctx.engine.connect() as conn:
+        stored = conn.execute(sa.select(sa.func.count()).select_from(readings)).scalar_one()
+        counted = conn.execute(sa.text("SELECT SUM(count) FROM bucket_aggregates")).scalar_one()
+    ctx.engine.dispose()
+    assert stored == n, f"{label}: {stored} rows stored for {n} readings"
+    assert counted == n, f"{label}: aggregates count {counted} readings of {n}"
+    return results
 
 
 def _reset_postgres(url: str) -> None:
@@ -222,6 +339,11 @@ def main() -> int:
     )
     parser.add_argument("--engines", default="sqlite,postgresql")
     parser.add_argument(
+        "--partitions",
+        default="1",
+        help="comma-separated Event Hubs partition counts, each run as that many processes",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also report CPU ms per call (client, server) and round trips per call",
@@ -238,22 +360,30 @@ def main() -> int:
     try:
         for shape in args.shapes.split(","):
             events, per_event = (int(x) for x in shape.split("x"))
-            batches = make_batches(args.readings, events, per_event)
-            for engine in engines:
-                if engine == "sqlite":
-                    url = f"sqlite:///{tmp / f'bench-{shape}.db'}"
-                    server_pid = None
-                else:
-                    url = postgres.url()
-                    _reset_postgres(url)
-                    server_pid = postgres.pid()
-                report.setdefault(shape, {})[engine] = run(
-                    url,
-                    azurite.connection_string,
-                    batches,
-                    f"{engine} {shape}",
-                    (server_pid, tmp) if args.profile else None,
-                )
+            for partitions in (int(p) for p in args.partitions.split(",")):
+                batches = make_batches(args.readings, events, per_event, partitions)
+                key = shape if partitions == 1 else f"{shape}/{partitions}p"
+                for engine in engines:
+                    if engine == "sqlite":
+                        name = "bench-" + key.replace("/", "-") + ".db"
+                        url = f"sqlite:///{tmp / name}"
+                        server_pid = None
+                    else:
+                        url = postgres.url()
+                        _reset_postgres(url)
+                        server_pid = postgres.pid()
+                    if partitions > 1:
+                        report.setdefault(key, {})[engine] = run_partitioned(
+                            url, azurite.connection_string, batches, f"{engine} {key}", partitions
+                        )
+                        continue
+                    report.setdefault(key, {})[engine] = run(
+                        url,
+                        azurite.connection_string,
+                        batches,
+                        f"{engine} {key}",
+                        (server_pid, tmp) if args.profile else None,
+                    )
     finally:
         azurite.stop()
         if postgres is not None:
@@ -269,7 +399,7 @@ def main() -> int:
     )
     for shape, engines_report in report.items():
         events = int(shape.split("x")[0])
-        per_call = events * int(shape.split("x")[1])
+        per_call = events * int(shape.split("/")[0].split("x")[1])
         for engine, phases in engines_report.items():
             for phase, r in phases.items():
                 ms = 1000 * r["seconds"] / max(1, r["readings"] / per_call)
