@@ -57,7 +57,7 @@ from shared.alerts import deliver_quietly, enqueue_for_chunk
 from shared.blobs import errors_blob, parse_predictions_blob
 from shared.clock import utcnow
 from shared.context import AppContext
-from shared.db.bulk import bulk_insert
+from shared.db.bulk import insert_arrow
 from shared.db.retry import error_class, is_transient
 from shared.db.schema import predictions, run_chunks, run_errors
 from shared.events.tracking import update_events_for_chunk
@@ -86,9 +86,10 @@ class DeliveryRefused(ValueError):
 
 @dataclass
 class Delivery:
-    """A checked predictions file: rows in ``PREDICTION_ROW`` order and the sensor errors."""
+    """A checked predictions file: its rows as Arrow columns in the stored types (the columns of
+    ``PREDICTION_ROW`` after ``run_id`` and ``chunk_id``) and the sensor errors."""
 
-    rows: list[tuple]
+    rows: pa.Table
     anomalies: int
     sensor_errors: list[tuple[str | None, str | None, str, str]]
 
@@ -161,11 +162,14 @@ def _write(
     etag: str | None,
     run_id: str,
     chunk_id: str,
-    rows: list[tuple],
+    rows: pa.Table,
     anomalies: int,
     sensor_errors: list[tuple],
 ) -> RecordResult:
-    """Replace the chunk's rows, errors and events and recount the run, in one transaction."""
+    """Replace the chunk's rows, errors and events and recount the run, in one transaction.
+
+    The rows go in as Arrow columns, a slice at a time (``insert_arrow``): recording holds the
+    file's columns and one slice of driver values, never a Python tuple per row (issue 12)."""
     settings = ctx.settings
     context = {"run_id": run_id, "chunk_id": chunk_id}
     with ctx.engine.begin() as conn:
@@ -174,7 +178,9 @@ def _write(
                 predictions.c.run_id == run_id, predictions.c.chunk_id == chunk_id
             )
         )
-        bulk_insert(conn, predictions, PREDICTION_ROW, rows)
+        n_rows = insert_arrow(
+            conn, predictions, rows, constants={"run_id": run_id, "chunk_id": chunk_id}
+        )
         _replace_errors(conn, run_id, chunk_id, sensor_errors)
         conn.execute(
             update(run_chunks)
@@ -183,7 +189,7 @@ def _write(
                 status=records.CHUNK_RECORDED,
                 predictions_blob=name,
                 etag=etag,
-                n_predictions=len(rows),
+                n_predictions=n_rows,
                 n_anomalies=anomalies,
                 n_errors=len(sensor_errors),
                 error=None,
@@ -209,7 +215,7 @@ def _write(
         "recorded predictions",
         extra={
             **context,
-            "rows": len(rows),
+            "rows": n_rows,
             "anomalies": anomalies,
             "sensor_errors": len(sensor_errors),
             "events_opened": events.opened,
@@ -222,7 +228,7 @@ def _write(
         "recorded",
         run_id,
         chunk_id,
-        len(rows),
+        n_rows,
         anomalies,
         len(sensor_errors),
         run_status=run.status,
@@ -368,11 +374,12 @@ def _check_delivery(ctx: AppContext, run: records.Run, chunk, data: bytes) -> De
         )
 
     bucket = columns["bucket_start"].cast(pa.timestamp("us"))  # naive UTC, as stored
-    values = [
-        bucket.to_pylist() if name == "bucket_start" else columns[name].to_pylist()
-        for name in PREDICTION_ROW[2:]
-    ]
-    rows = [(chunk.run_id, chunk.chunk_id, *row) for row in zip(*values, strict=True)]
+    rows = pa.table(
+        {
+            name: bucket if name == "bucket_start" else columns[name]
+            for name in PREDICTION_ROW[2:]
+        }
+    )
     anomalies = int(pc.sum(columns["is_anomaly"].cast(pa.int64())).as_py() or 0)
     return Delivery(rows, anomalies, sensor_errors)
 
