@@ -375,10 +375,7 @@ def _check_delivery(ctx: AppContext, run: records.Run, chunk, data: bytes) -> De
 
     bucket = columns["bucket_start"].cast(pa.timestamp("us"))  # naive UTC, as stored
     rows = pa.table(
-        {
-            name: bucket if name == "bucket_start" else columns[name]
-            for name in PREDICTION_ROW[2:]
-        }
+        {name: bucket if name == "bucket_start" else columns[name] for name in PREDICTION_ROW[2:]}
     )
     anomalies = int(pc.sum(columns["is_anomaly"].cast(pa.int64())).as_py() or 0)
     return Delivery(rows, anomalies, sensor_errors)
