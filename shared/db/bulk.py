@@ -70,9 +70,10 @@ def bulk_insert(conn: Connection, table: Table, columns: Sequence[str], rows: li
     conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
 
 
-SLICE_ROWS = 50_000
-"""Rows per slice in :func:`insert_arrow`: ~10-40 MB of Python values on the executemany paths,
-a few MB of CSV on PostgreSQL's; a slice is what the insert holds beyond its Arrow input."""
+SLICE_ROWS = 10_000
+"""Rows per slice in :func:`insert_arrow`: ~7 MB of Python values on the executemany paths
+(~700 bytes a prediction row), ~1.5 MB of CSV on PostgreSQL's; a slice is what the insert holds
+beyond its Arrow input."""
 
 
 def insert_arrow(
