@@ -339,8 +339,9 @@ def _check_delivery(ctx: AppContext, run: records.Run, chunk, data: bytes) -> De
         column = _typed_column(_read_columns(file, [name]), name)
         if name in ("device", "sensor", "bucket_start", "model_version", "score", "is_anomaly"):
             columns[name] = column
-    # Explanations: optional, checked, else null.
-    _explanation_columns(_read_columns(file, [c for c in EXPLANATION_COLUMNS if c in schema.names]))
+    for name in EXPLANATION_COLUMNS:  # explanations: optional, checked, else null
+        if name in schema.names:
+            _explanation_columns(_read_columns(file, [name]))
     score = columns.pop("score")
     bad_score = pc.sum(pc.invert(pc.and_(pc.greater_equal(score, 0.0), pc.less_equal(score, 1.0))))
     if (bad_score.as_py() or 0) or pc.any(pc.is_nan(score)).as_py():
@@ -414,12 +415,17 @@ def _check_delivery(ctx: AppContext, run: records.Run, chunk, data: bytes) -> De
 
 def _parquet(data: bytes) -> pq.ParquetFile:
     """The file over its bytes (zero-copy); names as dictionaries (see _typed_column)."""
-    return pq.ParquetFile(pa.BufferReader(data), read_dictionary=["device", "sensor"])
+    return pq.ParquetFile(
+        pa.BufferReader(data),
+        read_dictionary=["device", "sensor"],
+        pre_buffer=False,  # the bytes are in memory: no read-ahead copy (~15 MiB at 1.4 M rows)
+    )
 
 
 def _read_columns(file: pq.ParquetFile, names: list[str]) -> pa.Table:
     try:
-        columns = file.read(columns=names)
+        # One thread: ~25 MiB less at 1.4 M rows, as fast (a column is a few row groups).
+        columns = file.read(columns=names, use_threads=False)
     except Exception as exc:  # noqa: BLE001 - a damaged page is a bad file
         raise DeliveryRefused(f"unreadable predictions file: {_describe(exc)}") from None
     # Decoding leaves freed pages in the allocator's caches: hand them back (~20 MiB at 1.4 M
@@ -506,6 +512,8 @@ def _explanation_columns(table: pa.Table, check: bool = True) -> dict[str, pa.Ch
     file already checked)."""
     out = {}
     for name in EXPLANATION_COLUMNS:
+        if name not in table.column_names and check:
+            continue  # checking a column read alone: nothing to check for the others
         if name not in table.column_names:
             out[name] = pa.chunked_array(
                 [pa.nulls(table.num_rows, pa.string() if name == "explanation" else pa.float64())]
@@ -634,6 +642,8 @@ def _chunk_keys(ctx: AppContext, run: records.Run, chunk) -> pa.Table:
             pa.BufferReader(data),
             columns=wanted + ([CONTEXT_COLUMN] if CONTEXT_COLUMN in names else []),
             read_dictionary=["device", "sensor"],
+            pre_buffer=False,  # as for the predictions file (see _parquet, _read_columns)
+            use_threads=False,
         )
         del data
         bucket = table.column("bucket_start")
