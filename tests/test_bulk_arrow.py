@@ -84,11 +84,12 @@ def test_insert_arrow_stores_what_row_tuples_store(ctx):
             constants={"run_id": "by-arrow", "chunk_id": "c0"},
             slice_rows=2,
         )
-        # Record batches too (a ParquetFile's iter_batches).
+        # Record batches too (a ParquetFile's iter_batches), names as dictionaries.
+        encoded = rows.set_column(0, "device", pa.compute.dictionary_encode(rows["device"]))
         bulk.insert_arrow(
             conn,
             predictions,
-            rows.to_batches(max_chunksize=4),
+            encoded.to_batches(max_chunksize=4),
             constants={"run_id": "by-batches", "chunk_id": "c0"},
         )
     assert inserted == N

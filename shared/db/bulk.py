@@ -86,15 +86,14 @@ def insert_arrow(
     """Insert Arrow rows (and ``constants`` on every row) into ``table``, ``slice_rows`` at a time.
 
     ``data``'s column names are ``table``'s; its values are already in the stored types
-    (timestamps naive UTC, booleans, floats, strings). Only one slice at a time becomes driver
+    (timestamps naive UTC or zone-aware, booleans, floats, strings, dictionaries of strings).
+    Only one slice at a time becomes driver
     values, so the insert's memory is a slice's, whatever the number of rows. Runs in the
     current transaction; returns the number of rows inserted.
     """
     constants = dict(constants or {})
-    dialect = conn.dialect.name
-    write = _copy_csv if dialect == "postgresql" else _sqlite_executemany
-    if dialect not in ("postgresql", "sqlite"):
-        write = _sqlalchemy_executemany
+    writers = {"postgresql": _copy_csv, "sqlite": _sqlite_executemany}
+    write = writers.get(conn.dialect.name, _sqlalchemy_executemany)
     total = 0
     for part in _slices(data, slice_rows):
         if part.num_rows:
