@@ -387,6 +387,42 @@ def test_a_long_open_event_is_re_read_from_its_onset(ctx):
     assert event.peak_bucket == minute(windows[0], 40)
 
 
+def test_flags_read_in_slices_of_whole_sensors_give_the_same_events(ctx):
+    """The events step reads flags a slice of whole sensors at a time (issue 12): with one-flag
+    partitions, sensors with events begun before the chunk's reach (re-read from their onset)
+    and a sensor whose flags were cleared, it computes exactly the events already stored."""
+    from shared.events.tracking import _flag_slices, update_events_for_chunk
+
+    ctx.settings = dataclasses.replace(ctx.settings, event_gap_buckets=30)
+    C, D = ("device-002", "sensor-01"), ("device-002", "sensor-02")
+    sensors = (A, B, C, D)
+    windows = [Window(T0 + timedelta(hours=h), T0 + timedelta(hours=h + 1)) for h in range(3)]
+    for h, window in enumerate(windows):
+        flags = {
+            A: {m: 0.6 + m / 200 for m in range(0, 60, 20)},
+            B: {m: 0.7 for m in range(50, 60)},
+            C: {m: 0.9 for m in (5, 6, 7)} if h < 2 else {},  # cleared in the last window
+            D: {m: 0.55 for m in range(0, 60, 25)},
+        }
+        run_id = record(ctx, window, flags, sensors)
+    stored = spans(all_events(ctx))
+    assert len({(d, s) for d, s, *_ in stored}) == 4
+    with ctx.engine.begin() as conn:
+        changes = update_events_for_chunk(conn, run_id, "c00000", 30, 60, slice_rows=1)
+        assert (changes.sensors, changes.changed) == (4, 0), changes
+        # The slices hold whole sensors, each once.
+        chunk = (
+            sa.select(predictions.c.device, predictions.c.sensor)
+            .where(predictions.c.run_id == run_id)
+            .distinct()
+            .subquery()
+        )
+        slices = list(_flag_slices(conn, chunk, T0, slice_rows=2))
+        keys = [sorted(set(zip(f["device"], f["sensor"], strict=True))) for f in slices]
+        assert len(slices) > 1 and sorted(k for ks in keys for k in ks) == [A, B, C, D]
+        conn.rollback()
+
+
 def test_events_for_filters_by_sensor_and_overlap(gap5):
     ctx = gap5
     record(ctx, HOUR, {A: {10: 0.7, 30: 0.8}, B: {59: 0.75}})

@@ -24,7 +24,8 @@ over a scheduled window): the one of the newest run (``runs.created_at``, then `
 the result does not depend on delivery order and a re-run with a new model can clear a flag.
 
 Everything is set-based per chunk: a handful of statements, each joining the chunk's sensors to
-an index, and only flagged buckets cross to Python, whatever the chunk's size. Concurrent
+an index, and only flagged buckets cross to Python, read a slice of whole sensors at a time
+(``_flag_slices``), whatever the chunk's size. Concurrent
 recordings of chunks that share sensors (catch-up windows recorded in parallel) are serialised
 on the events step by a transaction-scoped lock (PostgreSQL advisory lock, SQL Server
 ``sp_getapplock``; SQLite already serialises writers), so the last one to take the lock reads
@@ -34,7 +35,7 @@ every committed prediction and the table converges.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -62,6 +63,8 @@ from shared.events.model import OPEN, AnomalyEvent, is_open, segment
 
 # SQL Server takes at most 2100 parameters per statement.
 IN_BATCH = 1000
+# Flags segmented at a time (~1 KB each with its explanation): memory bounded by a slice.
+FLAG_SLICE_ROWS = 20_000
 LOCK_NAME = "anomaly_events"
 # A fixed 63-bit key for PostgreSQL's advisory lock, derived from the name.
 LOCK_KEY = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big") >> 1
@@ -150,6 +153,7 @@ def update_events_for_chunk(
     bucket_seconds: int,
     now: datetime | None = None,
     rest_buckets: int | None = None,
+    slice_rows: int = FLAG_SLICE_ROWS,
 ) -> EventChanges:
     """Recompute the events of the sensors in ``run_id``/``chunk_id`` from their predictions.
 
@@ -208,13 +212,15 @@ def update_events_for_chunk(
     affected = {e.event_id: e for e in existing if e.last_bucket_start >= lo}
     stale_open = [e for e in existing if e.last_bucket_start < lo]
 
-    flags = _flags_from(conn, chunk, lo)
     early = [e.event_id for e in affected.values() if e.start < lo]
-    if early:
-        flags = pd.concat([flags, _flags_of_events_before(conn, early, lo)], ignore_index=True)
+    # Read before the flags' cursor opens: SQL Server (no MARS) runs one statement at a time.
+    early_flags = _flags_of_events_before(conn, early, lo) if early else None
     latest_scored = {key: last for key, (_, last) in latest.items()}
     computed = {
         e.event_id: e
+        # Sensors are segmented independently, so a slice of whole sensors at a time gives the
+        # events the whole chunk's flags would, holding one slice of flags (issue 12).
+        for flags in _flag_slices(conn, chunk, lo, early_flags, slice_rows)
         for e in segment(flags, gap_buckets, bucket_seconds, latest_scored, rest_buckets)
         # A sensor of this chunk only: flags come from its sensors, this is a guard.
         if (e.device, e.sensor) in latest
@@ -280,15 +286,54 @@ def update_events_for_chunk(
     return changes
 
 
-def _flags_from(conn: Connection, chunk, lo: datetime) -> pd.DataFrame:
-    """Flagged buckets (newest run's prediction) of the chunk's sensors from ``lo`` on."""
+def _flag_slices(
+    conn: Connection,
+    chunk,
+    lo: datetime,
+    early: pd.DataFrame | None = None,
+    slice_rows: int = FLAG_SLICE_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """Flagged buckets (newest run's prediction) of the chunk's sensors from ``lo`` on, in
+    frames of about ``slice_rows`` flags holding whole sensors, each with its sensors' rows of
+    ``early`` (flags before ``lo``); the sensors of ``early`` with no flag from ``lo`` come last.
+
+    Read from a cursor ordered by sensor (server-side on PostgreSQL, stepped lazily by SQLite
+    and pyodbc): Python holds one slice and the sensor that straddles two, not the chunk's flags.
+    """
+    before = {}
+    if early is not None and not early.empty:
+        before = {key: part for key, part in early.groupby(["device", "sensor"], sort=False)}
     q = predictions.alias("q")
-    rows = conn.execute(
+    result = conn.execute(
         select(q.c.device, q.c.sensor, q.c.bucket_start, q.c.score, q.c.run_id, q.c.explanation)
         .join(chunk, and_(q.c.device == chunk.c.device, q.c.sensor == chunk.c.sensor))
         .where(q.c.bucket_start >= lo, q.c.is_anomaly == true(), newest_prediction(q))
-    ).all()
-    return _frame(rows)
+        .order_by(q.c.device, q.c.sensor),
+        execution_options={"stream_results": True, "yield_per": slice_rows},
+    )
+    pending: list = []
+    for partition in result.partitions():
+        rows = pending + list(partition)
+        last = (rows[-1][0], rows[-1][1])
+        cut = len(rows)
+        while cut and (rows[cut - 1][0], rows[cut - 1][1]) == last:
+            cut -= 1  # the last sensor may go on in the next partition
+        pending = rows[cut:]
+        if cut:
+            yield _with_early(_frame(rows[:cut]), before)
+    if pending:
+        yield _with_early(_frame(pending), before)
+    if before:
+        yield pd.concat(before.values(), ignore_index=True)
+
+
+def _with_early(flags: pd.DataFrame, before: dict) -> pd.DataFrame:
+    """``flags`` with the early flags of its sensors (taken out of ``before``)."""
+    if not before:
+        return flags
+    keys = set(zip(flags["device"], flags["sensor"], strict=True))
+    extra = [before.pop(key) for key in keys if key in before]
+    return pd.concat([flags, *extra], ignore_index=True) if extra else flags
 
 
 def _flags_of_events_before(conn: Connection, event_ids: Sequence[str], lo: datetime):

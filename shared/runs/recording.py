@@ -29,6 +29,11 @@ queue while the run stalls. What does raise, so that the host retries, are trans
 (SQL or storage unreachable, see ``shared.db.retry.is_transient``) and a predictions file
 whose errors file has not arrived yet (Azure ML's mounted outputs may upload the two out of
 order).
+
+Memory (issue 12): the file's bytes are held (the host hands them over), but not the file
+decoded whole nor a Python tuple per row. The checks read one column at a time and keep only the
+keys, as integer codes compared by sorting; the rows are then read again and written a slice of
+``SLICE_ROWS`` at a time (``shared.db.bulk.insert_arrow``).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +62,7 @@ from shared.alerts import deliver_quietly, enqueue_for_chunk
 from shared.blobs import errors_blob, parse_predictions_blob
 from shared.clock import utcnow
 from shared.context import AppContext
-from shared.db.bulk import bulk_insert
+from shared.db.bulk import SLICE_ROWS, insert_arrow
 from shared.db.retry import error_class, is_transient
 from shared.db.schema import predictions, run_chunks, run_errors
 from shared.events.tracking import update_events_for_chunk
@@ -71,7 +76,6 @@ KIND_FOREIGN = "foreign_file"
 META_ERRORS = b"scoring.errors"
 META_CHUNK_ERROR = b"scoring.chunk_error"  # set by scoring.score for an unreadable chunk
 META_CHUNK_ID = b"scoring.chunk_id"  # set by scoring.score: whose file this is
-KEYS = ("device", "sensor", "bucket_us", "model_version")
 # Reasons are stored (VARCHAR(max)/TEXT) but also logged and shown: keep them readable.
 MAX_REASON = 4000
 
@@ -86,11 +90,22 @@ class DeliveryRefused(ValueError):
 
 @dataclass
 class Delivery:
-    """A checked predictions file: rows in ``PREDICTION_ROW`` order and the sensor errors."""
+    """A checked predictions file (its bytes), its rows and anomalies, and the sensor errors."""
 
-    rows: list[tuple]
+    data: bytes
+    rows: int
     anomalies: int
     sensor_errors: list[tuple[str | None, str | None, str, str]]
+
+    def slices(self, rows: int = SLICE_ROWS) -> Iterator[pa.Table]:
+        """The file's rows as stored (see ``_stored_rows``), ``rows`` at a time: recording
+        holds one slice of the values, not the file's (issue 12)."""
+        file = _parquet(self.data)
+        names = [
+            c for c in (*PREDICTION_COLUMNS, *EXPLANATION_COLUMNS) if c in file.schema_arrow.names
+        ]
+        for batch in file.iter_batches(batch_size=rows, columns=names):
+            yield _stored_rows(pa.Table.from_batches([batch]))
 
 
 @dataclass
@@ -138,9 +153,8 @@ def record_predictions_blob(
         delivery = _check_delivery(ctx, run, chunk, data)
     except DeliveryRefused as exc:
         return _refuse(ctx, run_id, chunk_id, str(exc))
-    rows, anomalies, sensor_errors = delivery.rows, delivery.anomalies, delivery.sensor_errors
     try:
-        return _write(ctx, name, etag, run_id, chunk_id, rows, anomalies, sensor_errors)
+        return _write(ctx, name, etag, run_id, chunk_id, delivery)
     except DBAPIError as exc:
         if is_transient(exc):
             raise  # SQL unreachable or a deadlock victim: the host's retry is the cure
@@ -161,12 +175,14 @@ def _write(
     etag: str | None,
     run_id: str,
     chunk_id: str,
-    rows: list[tuple],
-    anomalies: int,
-    sensor_errors: list[tuple],
+    delivery: Delivery,
 ) -> RecordResult:
-    """Replace the chunk's rows, errors and events and recount the run, in one transaction."""
+    """Replace the chunk's rows, errors and events and recount the run, in one transaction.
+
+    The rows go in as Arrow columns, a slice at a time (``insert_arrow``): recording holds the
+    file's bytes, its keys and one slice of values, never a Python tuple per row (issue 12)."""
     settings = ctx.settings
+    anomalies, sensor_errors = delivery.anomalies, delivery.sensor_errors
     context = {"run_id": run_id, "chunk_id": chunk_id}
     with ctx.engine.begin() as conn:
         conn.execute(
@@ -174,7 +190,9 @@ def _write(
                 predictions.c.run_id == run_id, predictions.c.chunk_id == chunk_id
             )
         )
-        bulk_insert(conn, predictions, PREDICTION_ROW, rows)
+        n_rows = insert_arrow(
+            conn, predictions, delivery.slices(), constants={"run_id": run_id, "chunk_id": chunk_id}
+        )
         _replace_errors(conn, run_id, chunk_id, sensor_errors)
         conn.execute(
             update(run_chunks)
@@ -183,7 +201,7 @@ def _write(
                 status=records.CHUNK_RECORDED,
                 predictions_blob=name,
                 etag=etag,
-                n_predictions=len(rows),
+                n_predictions=n_rows,
                 n_anomalies=anomalies,
                 n_errors=len(sensor_errors),
                 error=None,
@@ -209,7 +227,7 @@ def _write(
         "recorded predictions",
         extra={
             **context,
-            "rows": len(rows),
+            "rows": n_rows,
             "anomalies": anomalies,
             "sensor_errors": len(sensor_errors),
             "events_opened": events.opened,
@@ -222,7 +240,7 @@ def _write(
         "recorded",
         run_id,
         chunk_id,
-        len(rows),
+        n_rows,
         anomalies,
         len(sensor_errors),
         run_status=run.status,
@@ -283,10 +301,11 @@ def _check_delivery(ctx: AppContext, run: records.Run, chunk, data: bytes) -> De
     SQL faults propagate.
     """
     try:
-        table = pq.read_table(io.BytesIO(data))
+        file = _parquet(data)
+        schema = file.schema_arrow
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
         raise DeliveryRefused(f"unreadable predictions file: {_describe(exc)}") from None
-    metadata = table.schema.metadata or {}
+    metadata = schema.metadata or {}
     declared = metadata.get(META_CHUNK_ID)
     if declared is None:
         raise DeliveryRefused("predictions file refused: no scoring.chunk_id metadata")
@@ -310,71 +329,118 @@ def _check_delivery(ctx: AppContext, run: records.Run, chunk, data: bytes) -> De
             f"predictions file refused: scoring.errors is {metadata.get(META_ERRORS)!r}, "
             "not a count"
         ) from None
-    missing = [c for c in PREDICTION_COLUMNS if c not in table.column_names]
+    missing = [c for c in PREDICTION_COLUMNS if c not in schema.names]
     if missing:
         raise DeliveryRefused(f"unreadable predictions file: lacks column(s) {', '.join(missing)}")
-    columns = {name: _typed_column(table, name) for name in PREDICTION_COLUMNS}
-    columns.update(_explanation_columns(table))  # explanations: optional, checked, else null
-    score = columns["score"]
+    # A column at a time, checked, then only the keys, scores and flags kept: the values are
+    # read again a slice at a time when they are written (Delivery.slices; issue 12).
+    columns = {}
+    for name in PREDICTION_COLUMNS:
+        column = _typed_column(_read_columns(file, [name]), name)
+        if name in ("device", "sensor", "bucket_start", "model_version", "score", "is_anomaly"):
+            columns[name] = column
+    for name in EXPLANATION_COLUMNS:  # explanations: optional, checked, else null
+        if name in schema.names:
+            _explanation_columns(_read_columns(file, [name]))
+    score = columns.pop("score")
     bad_score = pc.sum(pc.invert(pc.and_(pc.greater_equal(score, 0.0), pc.less_equal(score, 1.0))))
     if (bad_score.as_py() or 0) or pc.any(pc.is_nan(score)).as_py():
         raise DeliveryRefused("predictions file refused: score outside [0, 1] (or NaN)")
+    del score
+    anomalies = int(pc.sum(columns.pop("is_anomaly").cast(pa.int64())).as_py() or 0)
 
-    keys = pa.table(
+    # The key checks compare integer codes of the keys, sorted with numpy: Arrow's group-by and
+    # hash joins on the (device, sensor, bucket) strings peaked at ~600 MiB over the file's
+    # columns at 1,000 sensors x 24 h (issue 12); these take a few int64 arrays of the rows.
+    bucket_us = columns["bucket_start"].cast(pa.int64())
+    local = [_codes(columns["device"]), _codes(columns["sensor"]), _codes(bucket_us)]
+    order = np.lexsort(local[::-1])  # by device, sensor, bucket
+    same = np.ones(max(len(order) - 1, 0), dtype=bool)
+    for codes in local:
+        ordered = codes[order]
+        same &= ordered[1:] == ordered[:-1]
+    del local, ordered
+    if same.any():
+        first = same & ~np.concatenate([[False], same[:-1]])  # first repeat of each key
+        raise DeliveryRefused(
+            f"predictions file refused: {int(first.sum())} (device, sensor, bucket) key(s) "
+            f"appear more than once, e.g. {_key_text(columns, order[np.argmax(same)])}"
+        )
+    del order, same
+
+    expected = _chunk_keys(ctx, run, chunk)
+    space = _KeySpace(expected)
+    expected_keys = space.encode(expected)
+    file_keys = space.encode(
         {
             "device": columns["device"],
             "sensor": columns["sensor"],
-            "bucket_us": columns["bucket_start"].cast(pa.int64()),
+            "bucket_us": bucket_us,
             "model_version": columns["model_version"],
         }
     )
-    counted = keys.group_by(list(KEYS[:3])).aggregate([([], "count_all")])
-    repeated = counted.filter(pc.greater(counted["count_all"], 1))
-    if repeated.num_rows:
+    known = np.sort(expected_keys)
+    foreign = ~_contained(file_keys, known)
+    del known
+    if foreign.any():
         raise DeliveryRefused(
-            f"predictions file refused: {repeated.num_rows} (device, sensor, bucket) key(s) "
-            f"appear more than once, e.g. {_key_text(repeated)}"
-        )
-
-    expected = _chunk_keys(ctx, run, chunk)
-    foreign = keys.join(expected, keys=list(KEYS), join_type="left anti")
-    if foreign.num_rows:
-        raise DeliveryRefused(
-            f"predictions file refused: {foreign.num_rows} row(s) are not buckets of this "
+            f"predictions file refused: {int(foreign.sum())} row(s) are not buckets of this "
             f"chunk's sensors in the run's window with their model version, e.g. "
-            f"{_key_text(foreign)}"
+            f"{_key_text(columns, np.argmax(foreign))}"
         )
+    del foreign
     sensor_errors = _sensor_errors(ctx, chunk, n_errors, expected)
-    failed = pa.table(
-        {
-            "device": pa.array([d for d, _, _, _ in sensor_errors], pa.string()),
-            "sensor": pa.array([s for _, s, _, _ in sensor_errors], pa.string()),
-        }
+    failed = space.sensors(
+        pa.array([d for d, _, _, _ in sensor_errors], pa.string()),
+        pa.array([s for _, s, _, _ in sensor_errors], pa.string()),
     )
-    scored_failed = keys.join(failed, keys=["device", "sensor"], join_type="left semi")
-    if scored_failed.num_rows:
+    scored_failed = np.isin(space.sensor_of(file_keys), failed)
+    if scored_failed.any():
         raise DeliveryRefused(
             "predictions file refused: it has rows of sensors its errors file lists as "
-            f"failed, e.g. {_key_text(scored_failed)}"
+            f"failed, e.g. {_key_text(columns, np.argmax(scored_failed))}"
         )
-    absent = expected.join(keys, keys=list(KEYS), join_type="left anti").join(
-        failed, keys=["device", "sensor"], join_type="left anti"
-    )
-    if absent.num_rows:
+    del scored_failed
+    absent = ~_contained(expected_keys, np.sort(file_keys))
+    absent &= ~np.isin(space.sensor_of(expected_keys), failed)
+    if absent.any():
         raise DeliveryRefused(
-            f"predictions file refused: {absent.num_rows} in-window bucket(s) of the chunk's "
+            f"predictions file refused: {int(absent.sum())} in-window bucket(s) of the chunk's "
             f"sensors are neither predicted nor listed as failed (a truncated or partial "
-            f"file?), e.g. {_key_text(absent)}"
+            f"file?), e.g. {_key_text(expected, np.argmax(absent))}"
         )
+    del expected, expected_keys, file_keys, absent
+    return Delivery(data, file.metadata.num_rows, anomalies, sensor_errors)
 
-    bucket = columns["bucket_start"].cast(pa.timestamp("us"))  # naive UTC, as stored
-    values = [
-        bucket.to_pylist() if name == "bucket_start" else columns[name].to_pylist()
-        for name in PREDICTION_ROW[2:]
-    ]
-    rows = [(chunk.run_id, chunk.chunk_id, *row) for row in zip(*values, strict=True)]
-    anomalies = int(pc.sum(columns["is_anomaly"].cast(pa.int64())).as_py() or 0)
-    return Delivery(rows, anomalies, sensor_errors)
+
+def _parquet(data: bytes) -> pq.ParquetFile:
+    """The file over its bytes (zero-copy); names as dictionaries (see _typed_column)."""
+    return pq.ParquetFile(
+        pa.BufferReader(data),
+        read_dictionary=["device", "sensor"],
+        pre_buffer=False,  # the bytes are in memory: no read-ahead copy (~15 MiB at 1.4 M rows)
+    )
+
+
+def _read_columns(file: pq.ParquetFile, names: list[str]) -> pa.Table:
+    try:
+        # One thread: ~25 MiB less at 1.4 M rows, as fast (a column is a few row groups).
+        columns = file.read(columns=names, use_threads=False)
+    except Exception as exc:  # noqa: BLE001 - a damaged page is a bad file
+        raise DeliveryRefused(f"unreadable predictions file: {_describe(exc)}") from None
+    # Decoding leaves freed pages in the allocator's caches: hand them back (~20 MiB at 1.4 M
+    # rows), as the next column's read would otherwise grow the process instead.
+    pa.default_memory_pool().release_unused()
+    return columns
+
+
+def _stored_rows(part: pa.Table) -> pa.Table:
+    """A checked file's rows (a slice of them) as stored: the columns of ``PREDICTION_ROW``
+    after run_id and chunk_id, in their stored types, bucket_start naive UTC."""
+    columns = {name: _typed_column(part, name) for name in PREDICTION_COLUMNS}
+    columns.update(_explanation_columns(part, check=False))
+    columns["bucket_start"] = columns["bucket_start"].cast(pa.timestamp("us"))
+    return pa.table({name: columns[name] for name in PREDICTION_ROW[2:]})
 
 
 _STRINGS = (pa.types.is_string, pa.types.is_large_string)
@@ -386,18 +452,22 @@ def _typed_column(table: pa.Table, name: str) -> pa.ChunkedArray:
     Only lossless conversions are made (a dictionary of strings to strings, any integer width
     to int64, float32 to float64, any timestamp unit to microseconds); a string where a number
     or a boolean belongs, a float where an integer belongs, or a null in a key, count, score or
-    flag is refused: stored as it is, the engines would each read it differently.
+    flag is refused: stored as it is, the engines would each read it differently. Device and
+    sensor names read as a dictionary stay one (int32 codes of a few distinct names, not a
+    string per row: ~50 MB less at 1.4 M rows).
     """
     column = table.column(name)
     kind = column.type
+    names = name in ("device", "sensor")
+    encoded = pa.types.is_dictionary(kind) and names
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-        column = column.cast(kind)
+        column = column if encoded else column.cast(kind)
     nullable = name in ("mean", "min", "max", "std")
     try:
-        if name in ("device", "sensor"):
+        if names:
             ok = any(test(kind) for test in _STRINGS)
-            target = pa.string()
+            target = pa.dictionary(pa.int32(), pa.string()) if encoded else pa.string()
         elif name == "bucket_start":
             ok = pa.types.is_timestamp(kind)
             target = pa.timestamp("us", tz=kind.tz) if ok else None
@@ -434,13 +504,16 @@ MAX_EXPLANATION = 8000
 """Longest explanation stored (the scoring step writes ~600 characters)."""
 
 
-def _explanation_columns(table: pa.Table) -> dict[str, pa.ChunkedArray]:
+def _explanation_columns(table: pa.Table, check: bool = True) -> dict[str, pa.ChunkedArray]:
     """The explanation columns (:data:`scoring.features.EXPLANATION_COLUMNS`) in their stored
     types: all null when the file has none (an older scoring step); bands as float64 with
     NaN/inf as null (SQL Server stores neither); each explanation a JSON object, else the file
-    is refused (only flagged rows have one, so the check costs little)."""
+    is refused (only flagged rows have one, so the check costs little; ``check=False`` for a
+    file already checked)."""
     out = {}
     for name in EXPLANATION_COLUMNS:
+        if name not in table.column_names and check:
+            continue  # checking a column read alone: nothing to check for the others
         if name not in table.column_names:
             out[name] = pa.chunked_array(
                 [pa.nulls(table.num_rows, pa.string() if name == "explanation" else pa.float64())]
@@ -462,8 +535,7 @@ def _explanation_columns(table: pa.Table) -> dict[str, pa.ChunkedArray]:
         if name != "explanation":
             out[name] = pc.if_else(pc.is_finite(column), column, pa.scalar(None, pa.float64()))
             continue
-        texts = column.drop_null()
-        for text in texts.to_pylist():
+        for text in column.drop_null().to_pylist() if check else ():
             if len(text) > MAX_EXPLANATION:
                 raise DeliveryRefused(
                     f"predictions file refused: an explanation is longer than {MAX_EXPLANATION} "
@@ -481,8 +553,73 @@ def _explanation_columns(table: pa.Table) -> dict[str, pa.ChunkedArray]:
     return out
 
 
-def _key_text(table: pa.Table) -> str:
-    row = table.slice(0, 1).to_pylist()[0]
+def _codes(values: pa.ChunkedArray) -> np.ndarray:
+    """Each value's position among the column's distinct values (int32, no nulls here)."""
+    return pc.index_in(values, value_set=_distinct(values)).to_numpy(zero_copy_only=False)
+
+
+def _distinct(values: pa.ChunkedArray) -> pa.Array:
+    """The distinct values of a column (of a dictionary column: its distinct decoded values)."""
+    found = pc.unique(values)
+    if pa.types.is_dictionary(found.type):
+        found = found.cast(found.type.value_type)
+    return found
+
+
+class _KeySpace:
+    """Integer codes of (device, sensor, bucket, model version) keys: positions among the chunk
+    file's distinct values, combined in one int64 (at most sensors x buckets x versions of the
+    chunk, far from overflowing); a key with any value not in the chunk file is -1."""
+
+    NAMES = ("device", "sensor", "bucket_us", "model_version")
+
+    def __init__(self, expected: pa.Table):
+        self.values = {name: _distinct(expected[name]) for name in self.NAMES}
+        self.sizes = [len(self.values[name]) for name in self.NAMES]
+
+    def _code(self, name: str, column) -> np.ndarray:
+        found = pc.index_in(column, value_set=self.values[name])
+        return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def encode(self, columns) -> np.ndarray:
+        key = np.zeros(len(columns["device"]), dtype=np.int64)
+        unknown = np.zeros(len(key), dtype=bool)
+        for name, size in zip(self.NAMES, self.sizes, strict=True):
+            code = self._code(name, columns[name])
+            unknown |= code < 0
+            key *= size
+            key += code
+        key[unknown] = -1
+        return key
+
+    def sensors(self, devices: pa.Array, sensors: pa.Array) -> np.ndarray:
+        """The sensor part of the key (see :meth:`sensor_of`) of each (device, sensor)."""
+        return self._code("device", devices) * self.sizes[1] + self._code("sensor", sensors)
+
+    def sensor_of(self, keys: np.ndarray) -> np.ndarray:
+        return keys // (self.sizes[2] * self.sizes[3])
+
+
+def _contained(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """Whether each of ``keys`` is in ``sorted_keys`` (-1, an unknown key, never is)."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return (sorted_keys[at] == keys) & (keys >= 0)
+
+
+def _key_text(source, at) -> str:
+    """The key of row ``at`` of ``source`` (a table or a dict of columns with device, sensor,
+    model_version and bucket_us or bucket_start), as text."""
+    at = int(at)
+    names = source.column_names if isinstance(source, pa.Table) else list(source)
+    row = {
+        name: source[name][at].as_py()
+        for name in ("device", "sensor", "bucket_us", "model_version")
+        if name in names
+    }
+    if "bucket_start" in names:
+        row["bucket_us"] = source["bucket_start"].slice(at, 1).cast(pa.int64())[0].as_py()
     text = f"{row.get('device')!s:.80}/{row.get('sensor')!s:.80}"
     if row.get("bucket_us") is not None:
         text += f" at {np.datetime64(int(row['bucket_us']), 'us')}"
@@ -499,15 +636,24 @@ def _chunk_keys(ctx: AppContext, run: records.Run, chunk) -> pa.Table:
         f"chunk file {chunk.blob_path} (needed to check the predictions)",
     )
     try:
-        table = pq.read_table(io.BytesIO(data))
+        names = pq.read_schema(pa.BufferReader(data)).names
+        wanted = ["device", "sensor", "bucket_start", "model_version"]
+        table = pq.read_table(  # the keys only: the chunk's aggregates are not needed here
+            pa.BufferReader(data),
+            columns=wanted + ([CONTEXT_COLUMN] if CONTEXT_COLUMN in names else []),
+            read_dictionary=["device", "sensor"],
+            pre_buffer=False,  # as for the predictions file (see _parquet, _read_columns)
+            use_threads=False,
+        )
+        del data
         bucket = table.column("bucket_start")
         if not pa.types.is_timestamp(bucket.type):
             raise ValueError(f"bucket_start is {bucket.type}")
         bucket_us = bucket.cast(pa.timestamp("us", tz=bucket.type.tz)).cast(pa.int64())
         keys = pa.table(
             {
-                "device": table.column("device").cast(pa.string()),
-                "sensor": table.column("sensor").cast(pa.string()),
+                "device": table.column("device").cast(pa.dictionary(pa.int32(), pa.string())),
+                "sensor": table.column("sensor").cast(pa.dictionary(pa.int32(), pa.string())),
                 "bucket_us": bucket_us,
                 "model_version": table.column("model_version").cast(pa.int64()),
             }
@@ -550,7 +696,9 @@ def _sensor_errors(
             f"errors file {name} lists {len(listed)} sensor(s), the predictions file says "
             f"{n_errors}"
         )
-    sensors = set(zip(expected["device"].to_pylist(), expected["sensor"].to_pylist(), strict=True))
+    pairs = pa.table({n: expected[n].cast(pa.string()) for n in ("device", "sensor")})
+    pairs = pairs.group_by(["device", "sensor"]).aggregate([])
+    sensors = set(zip(pairs["device"].to_pylist(), pairs["sensor"].to_pylist(), strict=True))
     strangers = [(d, s) for d, s, _ in listed if (d, s) not in sensors]
     if strangers:
         d, s = strangers[0]
