@@ -13,7 +13,9 @@ ideas, which this model carries over to batch scoring:
    of the two deviations counts: a value is unusual only if neither its recent past nor its hour
    of day explains it. Level shifts are caught on the bucket they happen and become the new
    normal as the recent median follows them; a change of variability moves the deviations
-   themselves.
+   themselves. The minimum, maximum and spread are compared with their own recent past too,
+   taken every :data:`OTHERS_STRIDE` buckets, for sensors whose aggregates say something the
+   mean does not (:func:`compared_sensors`: not a sensor with one reading per bucket).
 2. **Anomaly likelihood.** The raw deviation ``log(1 + z)`` is averaged over the last
    :data:`SHORT_BUCKETS` buckets and judged against the distribution of raw deviations the sensor
    showed in training (a Gaussian tail probability ``p``). A sensor that is always noisy thus
