@@ -202,17 +202,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         results.append(bench(f"sqlite:///{tmp}/bench.db", args))
         if args.postgres:
-            import sqlalchemy as sa
-
             from shared.local.postgres import start_postgres
 
             server = start_postgres()
             try:
-                admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
-                with admin.connect() as conn:
-                    conn.execute(sa.text('CREATE DATABASE "bench_events"'))
-                admin.dispose()
-                results.append(bench(server.url("bench_events"), args))
+                results.append(bench(server.create_database("bench_events"), args))
             finally:
                 server.stop()
     print(

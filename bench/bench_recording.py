@@ -217,16 +217,10 @@ def main() -> int:
     postgres = None
     try:
         if args.engine == "postgresql":
-            import sqlalchemy as sa
-
             from shared.local.postgres import start_postgres
 
             postgres = start_postgres()
-            admin = sa.create_engine(postgres.url(), isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(sa.text('CREATE DATABASE "bench"'))
-            admin.dispose()
-            sql_url = postgres.url("bench")
+            sql_url = postgres.create_database("bench")
         else:
             sql_url = f"sqlite:///{tmp / 'bench.db'}"
         env = {

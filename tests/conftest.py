@@ -53,12 +53,7 @@ def postgres_server():
 
 
 def fresh_postgres_url(server) -> str:
-    name = "t_" + uuid.uuid4().hex[:12]
-    admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return server.url(name)
+    return server.create_database("t_" + uuid.uuid4().hex[:12])
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

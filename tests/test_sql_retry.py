@@ -341,12 +341,7 @@ def restartable_postgres():
 
 
 def _fresh_database(server) -> str:
-    name = "r_" + uuid.uuid4().hex[:12]
-    admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return server.url(name)
+    return server.create_database("r_" + uuid.uuid4().hex[:12])
 
 
 def _env(tmp_path, url: str, azurite) -> dict[str, str]:

@@ -50,6 +50,18 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
 
+    def create_database(self, name: str) -> str:
+        """Create an empty database ``name`` on the server; returns its URL."""
+        import sqlalchemy as sa  # the server helper itself needs no driver
+
+        admin = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        finally:
+            admin.dispose()
+        return self.url(name)
+
     def pid(self) -> int | None:
         pidfile = self.datadir / "postmaster.pid"
         if not pidfile.exists():
