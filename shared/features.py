@@ -278,7 +278,8 @@ def _copy_partitions(
 
 
 def _arrow_features(csv: pa.Table, bucket_seconds: int) -> pa.Table:
-    """:func:`features_table` of the query's columns already in Arrow."""
+    """The features of the query's columns in Arrow (device, sensor, bucket index, count, mean,
+    min, max, mean of squares): bucket starts from the index, std from the mean of squares."""
     mean = csv.column("mean").to_numpy()
     var = csv.column("mean_sq").to_numpy() - mean * mean
     starts = csv.column("bucket").to_numpy() * int(bucket_seconds) * 1_000_000
@@ -320,27 +321,17 @@ def only_sensors(table: pa.Table, wanted: set[tuple[str, str]]) -> pa.Table:
 
 def features_table(rows: Sequence[tuple], bucket_seconds: int) -> pa.Table:
     """Arrow table from (device, sensor, bucket, count, mean, min, max, mean_sq) rows."""
-    if rows:
-        device, sensor, bucket, count, mean, vmin, vmax, mean_sq = zip(*rows, strict=True)
-    else:
-        device = sensor = bucket = count = mean = vmin = vmax = mean_sq = ()
-    mean_a = np.asarray(mean, dtype=np.float64)
-    var = np.asarray(mean_sq, dtype=np.float64) - mean_a * mean_a
-    std = np.sqrt(np.clip(var, 0.0, None))
-    starts = np.asarray(bucket, dtype=np.int64) * int(bucket_seconds) * 1_000_000
-    columns = {
-        "device": pa.array(device, pa.string()),
-        "sensor": pa.array(sensor, pa.string()),
-        "bucket_start": pa.array(starts, pa.timestamp("us", tz="UTC")),
-        "count": pa.array(np.asarray(count, dtype=np.int64)),
-        "mean": pa.array(mean_a),
-        "min": pa.array(np.asarray(vmin, dtype=np.float64)),
-        "max": pa.array(np.asarray(vmax, dtype=np.float64)),
-        "std": pa.array(std),
-    }
-    return pa.table(
-        {name: columns[name] for name in ("device", "sensor", "bucket_start", *AGGREGATES)}
-    )
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(_QUERY_COLUMNS)
+    query = {}
+    for name, values in zip(_QUERY_COLUMNS, columns, strict=True):
+        kind = _CSV_TYPES[name]
+        # Numbers through numpy: drivers may hand integers as floats or decimals.
+        query[name] = (
+            pa.array(values, kind)
+            if kind == pa.string()
+            else pa.array(np.asarray(values, dtype=kind.to_pandas_dtype()))
+        )
+    return _arrow_features(pa.table(query), bucket_seconds)
 
 
 def bucket_floor(ts: datetime, bucket_seconds: int) -> datetime:
