@@ -303,6 +303,41 @@ def test_a_file_for_an_unknown_chunk_changes_no_run(two_runs):
     assert records.get_run(ctx.engine, a).status == records.COMPLETED
 
 
+def test_a_damaged_or_missing_chunk_file_refuses_the_delivery_and_changes_nothing(two_runs):
+    """The chunk file (read by ranges, its key columns only) is what a predictions file is
+    checked against: unreadable or gone, no retry helps, so the delivery is refused with the
+    reason; against a recorded chunk nothing changes."""
+    ctx, a, _, good = two_runs
+    before = snapshot(ctx)
+    container = ctx.settings.chunks_container
+    with ctx.engine.connect() as conn:
+        path = conn.execute(
+            sa.select(run_chunks.c.blob_path).where(
+                run_chunks.c.run_id == a, run_chunks.c.chunk_id == "c00000"
+            )
+        ).scalar_one()
+    original = ctx.store.download(container, path)
+    table = pq.read_table(io.BytesIO(original))
+    damaged = [
+        (original[: len(original) // 2], "cannot be read to check the predictions"),
+        (parquet(table.drop_columns(["model_version"])), "cannot be read to check"),
+        (parquet(with_column(table, "bucket_start", pa.array(["x"] * len(table)))), "bucket_start"),
+    ]
+    name = predictions_blob(a, "c00000")
+    try:
+        for data, phrase in damaged:
+            ctx.store.upload(container, path, data)
+            result = record_predictions_blob(ctx, name, good[(a, "c00000")], None)
+            assert result.outcome == "refused" and phrase in result.reason, result
+            assert path in result.reason
+        ctx.store.client.get_blob_client(container, path).delete_blob()
+        result = record_predictions_blob(ctx, name, good[(a, "c00000")], None)
+        assert result.outcome == "refused" and "not found" in result.reason, result
+    finally:
+        ctx.store.upload(container, path, original)
+    assert snapshot(ctx) == before
+
+
 def test_transient_faults_raise_for_the_hosts_retry_and_change_nothing(two_runs, tmp_path):
     """Storage or SQL unreachable is not the file's fault: recording raises (the host retries)
     and writes nothing. (Unreachable endpoints: a closed local port, a directory as SQLite

@@ -31,9 +31,9 @@ whose errors file has not arrived yet (Azure ML's mounted outputs may upload the
 order).
 
 Memory (issue 12): the file's bytes are held (the host hands them over), but not the file
-decoded whole nor a Python tuple per row. The checks read one column at a time and keep only the
-keys, as integer codes compared by sorting; the rows are then read again and written a slice of
-``SLICE_ROWS`` at a time (``shared.db.bulk.insert_arrow``).
+decoded whole nor a Python tuple per row. The checks read ``CHECK_SLICE_ROWS`` rows at a time and
+keep only each row's key, as one int64 code (``_KeySpace``), compared by sorting; the rows are
+then read again and written a slice of ``SLICE_ROWS`` at a time (``shared.db.bulk.insert_arrow``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
@@ -332,85 +332,106 @@ def _check_delivery(ctx: AppContext, run: records.Run, chunk, data: bytes) -> De
     missing = [c for c in PREDICTION_COLUMNS if c not in schema.names]
     if missing:
         raise DeliveryRefused(f"unreadable predictions file: lacks column(s) {', '.join(missing)}")
-    # A column at a time, checked, then only the keys, scores and flags kept: the values are
-    # read again a slice at a time when they are written (Delivery.slices; issue 12).
-    columns = {}
-    for name in PREDICTION_COLUMNS:
-        column = _typed_column(_read_columns(file, [name]), name)
-        if name in ("device", "sensor", "bucket_start", "model_version", "score", "is_anomaly"):
-            columns[name] = column
-    for name in EXPLANATION_COLUMNS:  # explanations: optional, checked, else null
-        if name in schema.names:
-            _explanation_columns(_read_columns(file, [name]))
-    score = columns.pop("score")
-    bad_score = pc.sum(pc.invert(pc.and_(pc.greater_equal(score, 0.0), pc.less_equal(score, 1.0))))
-    if (bad_score.as_py() or 0) or pc.any(pc.is_nan(score)).as_py():
-        raise DeliveryRefused("predictions file refused: score outside [0, 1] (or NaN)")
-    del score
-    anomalies = int(pc.sum(columns.pop("is_anomaly").cast(pa.int64())).as_py() or 0)
+    explained = [name for name in EXPLANATION_COLUMNS if name in schema.names]
+    # The chunk's keys first, as sorted integer codes; then the file a slice at a time: each
+    # slice's columns are checked and its keys must be the chunk's, and only the keys' codes
+    # (8 bytes a row) are kept for the whole-file checks (issue 12: the file's columns are
+    # never decoded whole).
+    space, expected_keys = _chunk_keys(ctx, run, chunk)
+    file_keys = np.empty(file.metadata.num_rows, dtype=np.int64)
+    anomalies, at = 0, 0
+    for part in _slices(file, [*PREDICTION_COLUMNS, *explained]):
+        columns = {name: _typed_column(part, name) for name in PREDICTION_COLUMNS}
+        _explanation_columns(part)  # explanations: optional, checked (JSON objects)
+        score = columns["score"]
+        inside = pc.and_(pc.greater_equal(score, 0.0), pc.less_equal(score, 1.0))
+        if (pc.sum(pc.invert(inside)).as_py() or 0) or pc.any(pc.is_nan(score)).as_py():
+            raise DeliveryRefused("predictions file refused: score outside [0, 1] (or NaN)")
+        anomalies += int(pc.sum(columns["is_anomaly"].cast(pa.int64())).as_py() or 0)
+        columns["bucket_us"] = columns["bucket_start"].cast(pa.int64())
+        keys = space.encode(columns)
+        foreign = ~_contained(keys, expected_keys)
+        if foreign.any():
+            raise DeliveryRefused(
+                f"predictions file refused: {int(foreign.sum())} of rows {at + 1}-{at + len(keys)} "
+                f"are not buckets of this chunk's sensors in the run's window with their model "
+                f"version, e.g. "
+                f"{_key_text(columns, np.argmax(foreign))}"
+            )
+        file_keys[at : at + len(keys)] = keys
+        at += len(keys)
+    if at != len(file_keys):
+        raise DeliveryRefused(
+            f"unreadable predictions file: {at} rows read, its footer says {len(file_keys)}"
+        )
+    pa.default_memory_pool().release_unused()
 
-    # The key checks compare integer codes of the keys, sorted with numpy: Arrow's group-by and
-    # hash joins on the (device, sensor, bucket) strings peaked at ~600 MiB over the file's
-    # columns at 1,000 sensors x 24 h (issue 12); these take a few int64 arrays of the rows.
-    bucket_us = columns["bucket_start"].cast(pa.int64())
-    local = [_codes(columns["device"]), _codes(columns["sensor"]), _codes(bucket_us)]
-    order = np.lexsort(local[::-1])  # by device, sensor, bucket
-    same = np.ones(max(len(order) - 1, 0), dtype=bool)
-    for codes in local:
-        ordered = codes[order]
-        same &= ordered[1:] == ordered[:-1]
-    del local, ordered
-    if same.any():
-        first = same & ~np.concatenate([[False], same[:-1]])  # first repeat of each key
+    # Every key is now one of the chunk's, whose (device, sensor, bucket) has one model
+    # version: a key twice is a (device, sensor, bucket) twice.
+    file_keys.sort()
+    repeated = file_keys[1:] == file_keys[:-1]
+    if repeated.any():
+        first = repeated & ~np.concatenate([[False], repeated[:-1]])  # first repeat of each key
         raise DeliveryRefused(
             f"predictions file refused: {int(first.sum())} (device, sensor, bucket) key(s) "
-            f"appear more than once, e.g. {_key_text(columns, order[np.argmax(same)])}"
+            f"appear more than once, e.g. {space.text(file_keys[np.argmax(repeated)])}"
         )
-    del order, same
-
-    expected = _chunk_keys(ctx, run, chunk)
-    space = _KeySpace(expected)
-    expected_keys = space.encode(expected)
-    file_keys = space.encode(
-        {
-            "device": columns["device"],
-            "sensor": columns["sensor"],
-            "bucket_us": bucket_us,
-            "model_version": columns["model_version"],
-        }
-    )
-    known = np.sort(expected_keys)
-    foreign = ~_contained(file_keys, known)
-    del known
-    if foreign.any():
-        raise DeliveryRefused(
-            f"predictions file refused: {int(foreign.sum())} row(s) are not buckets of this "
-            f"chunk's sensors in the run's window with their model version, e.g. "
-            f"{_key_text(columns, np.argmax(foreign))}"
+    del repeated
+    sensor_errors = _sensor_errors(ctx, chunk, n_errors, space.sensor_names(expected_keys))
+    failed = np.unique(
+        space.sensors(
+            pa.array([d for d, _, _, _ in sensor_errors], pa.string()),
+            pa.array([s for _, s, _, _ in sensor_errors], pa.string()),
         )
-    del foreign
-    sensor_errors = _sensor_errors(ctx, chunk, n_errors, expected)
-    failed = space.sensors(
-        pa.array([d for d, _, _, _ in sensor_errors], pa.string()),
-        pa.array([s for _, s, _, _ in sensor_errors], pa.string()),
     )
-    scored_failed = np.isin(space.sensor_of(file_keys), failed)
-    if scored_failed.any():
+    # A sensor's keys are one range of codes (see _KeySpace): its rows are found by bisection.
+    scored = space.ranges(file_keys, failed)
+    if scored.size:
         raise DeliveryRefused(
             "predictions file refused: it has rows of sensors its errors file lists as "
-            f"failed, e.g. {_key_text(columns, np.argmax(scored_failed))}"
+            f"failed, e.g. {space.text(file_keys[scored[0]])}"
         )
-    del scored_failed
-    absent = ~_contained(expected_keys, np.sort(file_keys))
-    absent &= ~np.isin(space.sensor_of(expected_keys), failed)
+    # The file's keys are distinct keys of the chunk, none of a failed sensor: every other key
+    # of the chunk is in the file exactly when the counts agree (so the common case allocates
+    # nothing more); otherwise find the missing ones to name one.
+    excused = space.ranges(expected_keys, failed)
+    if len(file_keys) != len(expected_keys) - len(excused):
+        absent = ~_contained(expected_keys, file_keys)
+        absent[excused] = False
+    else:
+        absent = np.zeros(0, dtype=bool)
     if absent.any():
         raise DeliveryRefused(
             f"predictions file refused: {int(absent.sum())} in-window bucket(s) of the chunk's "
             f"sensors are neither predicted nor listed as failed (a truncated or partial "
-            f"file?), e.g. {_key_text(expected, np.argmax(absent))}"
+            f"file?), e.g. {space.text(expected_keys[np.argmax(absent)])}"
         )
-    del expected, expected_keys, file_keys, absent
-    return Delivery(data, file.metadata.num_rows, anomalies, sensor_errors)
+    return Delivery(data, len(file_keys), anomalies, sensor_errors)
+
+
+CHECK_SLICE_ROWS = 50_000
+"""Rows of a predictions file checked at a time (every column of a slice decoded: ~5 MB)."""
+
+
+def _slices(
+    file: pq.ParquetFile,
+    names: list[str],
+    rows: int = CHECK_SLICE_ROWS,
+    unreadable: str = "unreadable predictions file",
+) -> Iterator[pa.Table]:
+    """The file's ``names`` columns, ``rows`` at a time; a damaged page is a bad file
+    (:class:`DeliveryRefused`, its reason ``unreadable``: why)."""
+    batches = file.iter_batches(batch_size=rows, columns=names, use_threads=False)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except AzureError:
+            raise  # a ranged read of a blob failed (see shared.blobs.RangedBlob): the moment's
+        except Exception as exc:  # noqa: BLE001 - a damaged page is a bad file
+            raise DeliveryRefused(f"{unreadable}: {_describe(exc)}") from None
+        yield pa.Table.from_batches([batch])
 
 
 def _parquet(data: bytes) -> pq.ParquetFile:
@@ -420,18 +441,6 @@ def _parquet(data: bytes) -> pq.ParquetFile:
         read_dictionary=["device", "sensor"],
         pre_buffer=False,  # the bytes are in memory: no read-ahead copy (~15 MiB at 1.4 M rows)
     )
-
-
-def _read_columns(file: pq.ParquetFile, names: list[str]) -> pa.Table:
-    try:
-        # One thread: ~25 MiB less at 1.4 M rows, as fast (a column is a few row groups).
-        columns = file.read(columns=names, use_threads=False)
-    except Exception as exc:  # noqa: BLE001 - a damaged page is a bad file
-        raise DeliveryRefused(f"unreadable predictions file: {_describe(exc)}") from None
-    # Decoding leaves freed pages in the allocator's caches: hand them back (~20 MiB at 1.4 M
-    # rows), as the next column's read would otherwise grow the process instead.
-    pa.default_memory_pool().release_unused()
-    return columns
 
 
 def _stored_rows(part: pa.Table) -> pa.Table:
@@ -553,11 +562,6 @@ def _explanation_columns(table: pa.Table, check: bool = True) -> dict[str, pa.Ch
     return out
 
 
-def _codes(values: pa.ChunkedArray) -> np.ndarray:
-    """Each value's position among the column's distinct values (int32, no nulls here)."""
-    return pc.index_in(values, value_set=_distinct(values)).to_numpy(zero_copy_only=False)
-
-
 def _distinct(values: pa.ChunkedArray) -> pa.Array:
     """The distinct values of a column (of a dictionary column: its distinct decoded values)."""
     found = pc.unique(values)
@@ -569,13 +573,18 @@ def _distinct(values: pa.ChunkedArray) -> pa.Array:
 class _KeySpace:
     """Integer codes of (device, sensor, bucket, model version) keys: positions among the chunk
     file's distinct values, combined in one int64 (at most sensors x buckets x versions of the
-    chunk, far from overflowing); a key with any value not in the chunk file is -1."""
+    chunk, far from overflowing); a key with any value not in the chunk file is -1.
+
+    The sensor is the key's leading part, so a sensor's keys are one range of codes,
+    ``[sensor * span, (sensor + 1) * span)``: in sorted keys, bisection finds them."""
 
     NAMES = ("device", "sensor", "bucket_us", "model_version")
 
-    def __init__(self, expected: pa.Table):
-        self.values = {name: _distinct(expected[name]) for name in self.NAMES}
+    def __init__(self, values: dict[str, pa.Array]):
+        """``values``: the distinct values of each of :attr:`NAMES` (names as strings)."""
+        self.values = {name: values[name] for name in self.NAMES}
         self.sizes = [len(self.values[name]) for name in self.NAMES]
+        self.span = self.sizes[2] * self.sizes[3]
 
     def _code(self, name: str, column) -> np.ndarray:
         found = pc.index_in(column, value_set=self.values[name])
@@ -592,12 +601,41 @@ class _KeySpace:
         key[unknown] = -1
         return key
 
-    def sensors(self, devices: pa.Array, sensors: pa.Array) -> np.ndarray:
-        """The sensor part of the key (see :meth:`sensor_of`) of each (device, sensor)."""
-        return self._code("device", devices) * self.sizes[1] + self._code("sensor", sensors)
+    def decode(self, key: int) -> dict:
+        """The (device, sensor, bucket_us, model_version) values of one key, as one-row arrays."""
+        codes = []
+        for size in reversed(self.sizes):
+            key, code = divmod(int(key), size)
+            codes.append(code)
+        return {
+            name: self.values[name].take(pa.array([code]))
+            for name, code in zip(self.NAMES, reversed(codes), strict=True)
+        }
 
-    def sensor_of(self, keys: np.ndarray) -> np.ndarray:
-        return keys // (self.sizes[2] * self.sizes[3])
+    def text(self, key: int) -> str:
+        return _key_text(self.decode(key), 0)
+
+    def sensors(self, devices: pa.Array, sensors: pa.Array) -> np.ndarray:
+        """The sensor part of the key (see :meth:`sensor_names`) of each (device, sensor); -1
+        for a pair with a name the chunk does not have."""
+        device, sensor = self._code("device", devices), self._code("sensor", sensors)
+        return np.where((device < 0) | (sensor < 0), -1, device * self.sizes[1] + sensor)
+
+    def sensor_names(self, sorted_keys: np.ndarray) -> set[tuple[str, str]]:
+        """The (device, sensor) names of the sensors with a key in ``sorted_keys``."""
+        codes = np.unique(sorted_keys[sorted_keys >= 0] // self.span)
+        devices = self.values["device"].take(pa.array(codes // self.sizes[1])).to_pylist()
+        names = self.values["sensor"].take(pa.array(codes % self.sizes[1])).to_pylist()
+        return set(zip(devices, names, strict=True))
+
+    def ranges(self, sorted_keys: np.ndarray, sensors: np.ndarray) -> np.ndarray:
+        """Positions in ``sorted_keys`` of the keys of ``sensors`` (sensor parts; -1 is none)."""
+        sensors = sensors[sensors >= 0]
+        lo = np.searchsorted(sorted_keys, sensors * self.span)
+        hi = np.searchsorted(sorted_keys, (sensors + 1) * self.span)
+        return np.concatenate(
+            [np.arange(a, b) for a, b in zip(lo, hi, strict=True)] or [[]]
+        ).astype(np.int64)
 
 
 def _contained(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
@@ -628,56 +666,82 @@ def _key_text(source, at) -> str:
     return text
 
 
-def _chunk_keys(ctx: AppContext, run: records.Run, chunk) -> pa.Table:
-    """The (device, sensor, bucket_us, model_version) of the chunk file's in-window rows."""
+def _chunk_keys(ctx: AppContext, run: records.Run, chunk) -> tuple[_KeySpace, np.ndarray]:
+    """The key space of the chunk file's in-window rows and their keys, sorted.
+
+    Read in two passes of ``CHECK_SLICE_ROWS`` rows over the file's key columns (the distinct
+    values, then the codes), fetched by ranged reads: only those columns' bytes and 8 bytes a
+    row are held."""
     settings = ctx.settings
-    data = _storage_read(
-        lambda: ctx.store.download(settings.chunks_container, chunk.blob_path),
-        f"chunk file {chunk.blob_path} (needed to check the predictions)",
-    )
-    try:
-        names = pq.read_schema(pa.BufferReader(data)).names
-        wanted = ["device", "sensor", "bucket_start", "model_version"]
-        table = pq.read_table(  # the keys only: the chunk's aggregates are not needed here
-            pa.BufferReader(data),
-            columns=wanted + ([CONTEXT_COLUMN] if CONTEXT_COLUMN in names else []),
-            read_dictionary=["device", "sensor"],
-            pre_buffer=False,  # as for the predictions file (see _parquet, _read_columns)
-            use_threads=False,
-        )
-        del data
-        bucket = table.column("bucket_start")
-        if not pa.types.is_timestamp(bucket.type):
-            raise ValueError(f"bucket_start is {bucket.type}")
-        bucket_us = bucket.cast(pa.timestamp("us", tz=bucket.type.tz)).cast(pa.int64())
-        keys = pa.table(
-            {
-                "device": table.column("device").cast(pa.dictionary(pa.int32(), pa.string())),
-                "sensor": table.column("sensor").cast(pa.dictionary(pa.int32(), pa.string())),
-                "bucket_us": bucket_us,
-                "model_version": table.column("model_version").cast(pa.int64()),
-            }
-        )
-    except Exception as exc:  # noqa: BLE001 - the chunk file itself is damaged
-        raise DeliveryRefused(
-            f"the chunk file {chunk.blob_path} cannot be read to check the predictions: "
-            f"{_describe(exc)}"
-        ) from None
+    what = f"chunk file {chunk.blob_path} (needed to check the predictions)"
+    source = _storage_read(lambda: ctx.store.open(settings.chunks_container, chunk.blob_path), what)
     epoch = np.datetime64(0, "us")
     start = int((np.datetime64(run.window.start, "us") - epoch).astype(np.int64))
     end = int((np.datetime64(run.window.end, "us") - epoch).astype(np.int64))
-    keep = pc.and_(pc.greater_equal(keys["bucket_us"], start), pc.less(keys["bucket_us"], end))
-    if CONTEXT_COLUMN in table.column_names:
-        keep = pc.and_(
-            keep, pc.invert(table.column(CONTEXT_COLUMN).cast(pa.bool_()).fill_null(False))
+    unreadable = f"the chunk file {chunk.blob_path} cannot be read to check the predictions"
+    try:
+        # Ranged reads of the footer and the key columns only: the chunk's aggregates (most of
+        # its bytes) are neither downloaded nor held.
+        file = pq.ParquetFile(source, read_dictionary=["device", "sensor"], pre_buffer=False)
+        bucket_type = file.schema_arrow.field("bucket_start").type
+        if not pa.types.is_timestamp(bucket_type):
+            raise ValueError(f"bucket_start is {bucket_type}")
+        context = CONTEXT_COLUMN in file.schema_arrow.names
+        names = ["device", "sensor", "bucket_start", "model_version"]
+
+        def in_window() -> Iterator[dict[str, pa.ChunkedArray]]:
+            """The chunk's in-window keys (not its context rows), a slice at a time."""
+            columns = names + ([CONTEXT_COLUMN] if context else [])
+            for part in _slices(file, columns, unreadable=unreadable):
+                bucket = part.column("bucket_start").cast(pa.timestamp("us", tz=bucket_type.tz))
+                bucket_us = bucket.cast(pa.int64())
+                keep = pc.and_(pc.greater_equal(bucket_us, start), pc.less(bucket_us, end))
+                if context:
+                    scored = pc.invert(part.column(CONTEXT_COLUMN).cast(pa.bool_()))
+                    keep = pc.and_(keep, scored.fill_null(True))
+                yield {
+                    "device": pc.filter(part.column("device"), keep),
+                    "sensor": pc.filter(part.column("sensor"), keep),
+                    "bucket_us": pc.filter(bucket_us, keep),
+                    "model_version": pc.filter(part.column("model_version"), keep).cast(pa.int64()),
+                }
+
+        seen: dict[str, list[pa.Array]] = {name: [] for name in _KeySpace.NAMES}
+        for part in in_window():
+            for name in _KeySpace.NAMES:
+                seen[name].append(_distinct(part[name]))
+        kinds = {"device": pa.string(), "sensor": pa.string()}
+        space = _KeySpace(
+            {
+                name: pc.unique(pa.chunked_array(found, kinds.get(name, pa.int64())))
+                for name, found in seen.items()
+            }
         )
-    return keys.filter(keep)
+        keys = np.empty(file.metadata.num_rows, dtype=np.int64)
+        at = 0
+        for part in in_window():
+            found = space.encode(part)
+            keys[at : at + len(found)] = found
+            at += len(found)
+        keys = keys[:at]
+    except DeliveryRefused:
+        raise  # a damaged page (see _slices), with its reason
+    except ResourceNotFoundError:
+        raise DeliveryRefused(f"{what} not found") from None
+    except AzureError:
+        raise  # storage unreachable, or the chunk file rewritten while read: retry
+    except Exception as exc:  # noqa: BLE001 - the chunk file itself is damaged
+        raise DeliveryRefused(f"{unreadable}: {_describe(exc)}") from None
+    keys.sort()
+    if len(keys) > 1 and (keys[1:] == keys[:-1]).any():  # a bucket listed twice: once is enough
+        keys = np.unique(keys)
+    return space, keys
 
 
 def _sensor_errors(
-    ctx: AppContext, chunk, n_errors: int, expected: pa.Table
+    ctx: AppContext, chunk, n_errors: int, sensors: set[tuple[str, str]]
 ) -> list[tuple[str | None, str | None, str, str]]:
-    """The errors file's rows (``n_errors`` of them, each a sensor of the chunk)."""
+    """The errors file's rows (``n_errors`` of them, each one of the chunk's ``sensors``)."""
     if not n_errors:
         return []
     container = ctx.settings.predictions_container
@@ -696,9 +760,6 @@ def _sensor_errors(
             f"errors file {name} lists {len(listed)} sensor(s), the predictions file says "
             f"{n_errors}"
         )
-    pairs = pa.table({n: expected[n].cast(pa.string()) for n in ("device", "sensor")})
-    pairs = pairs.group_by(["device", "sensor"]).aggregate([])
-    sensors = set(zip(pairs["device"].to_pylist(), pairs["sensor"].to_pylist(), strict=True))
     strangers = [(d, s) for d, s, _ in listed if (d, s) not in sensors]
     if strangers:
         d, s = strangers[0]
