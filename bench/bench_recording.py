@@ -178,6 +178,7 @@ def timed_record(env: dict, name: str) -> dict:
         "peak_rss_mib": round(peak / 1024, 1),
         "growth_mib": round((peak - before) / 1024, 1),
         "file_mib": round(len(data) / MIB, 1),
+        "arrow_pool": pa.default_memory_pool().backend_name,  # see shared/__init__.py
         "pid": os.getpid(),
     }
 
