@@ -64,7 +64,7 @@ from shared.events.model import OPEN, AnomalyEvent, is_open, segment
 # SQL Server takes at most 2100 parameters per statement.
 IN_BATCH = 1000
 # Flags segmented at a time (~1 KB each with its explanation): memory bounded by a slice.
-FLAG_SLICE_ROWS = 20_000
+FLAG_SLICE_ROWS = 5_000
 LOCK_NAME = "anomaly_events"
 # A fixed 63-bit key for PostgreSQL's advisory lock, derived from the name.
 LOCK_KEY = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big") >> 1

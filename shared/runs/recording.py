@@ -32,7 +32,7 @@ order).
 
 Memory (issue 12): the file's bytes are held (the host hands them over), but not the file
 decoded whole nor a Python tuple per row. The checks read ``CHECK_SLICE_ROWS`` rows at a time and
-keep only each row's key, as one int64 code (``_KeySpace``), compared by sorting; the rows are
+keep only each row's key, as one integer code (``_KeySpace``), compared by sorting; the rows are
 then read again and written a slice of ``SLICE_ROWS`` at a time (``shared.db.bulk.insert_arrow``).
 """
 
@@ -335,10 +335,10 @@ def _check_delivery(ctx: AppContext, run: records.Run, chunk, data: bytes) -> De
     explained = [name for name in EXPLANATION_COLUMNS if name in schema.names]
     # The chunk's keys first, as sorted integer codes; then the file a slice at a time: each
     # slice's columns are checked and its keys must be the chunk's, and only the keys' codes
-    # (8 bytes a row) are kept for the whole-file checks (issue 12: the file's columns are
+    # (4 or 8 bytes a row) are kept for the whole-file checks (issue 12: the file's columns are
     # never decoded whole).
     space, expected_keys = _chunk_keys(ctx, run, chunk)
-    file_keys = np.empty(file.metadata.num_rows, dtype=np.int64)
+    file_keys = np.empty(file.metadata.num_rows, dtype=space.dtype)
     anomalies, at = 0, 0
     for part in _slices(file, [*PREDICTION_COLUMNS, *explained]):
         columns = {name: _typed_column(part, name) for name in PREDICTION_COLUMNS}
@@ -572,8 +572,9 @@ def _distinct(values: pa.ChunkedArray) -> pa.Array:
 
 class _KeySpace:
     """Integer codes of (device, sensor, bucket, model version) keys: positions among the chunk
-    file's distinct values, combined in one int64 (at most sensors x buckets x versions of the
-    chunk, far from overflowing); a key with any value not in the chunk file is -1.
+    file's distinct values, combined in one integer (at most sensors x buckets x versions of
+    the chunk: int32 when that fits, as for a chunk of 1,000 sensors x 24 h, else int64); a key
+    with any value not in the chunk file is -1.
 
     The sensor is the key's leading part, so a sensor's keys are one range of codes,
     ``[sensor * span, (sensor + 1) * span)``: in sorted keys, bisection finds them."""
@@ -585,6 +586,8 @@ class _KeySpace:
         self.values = {name: values[name] for name in self.NAMES}
         self.sizes = [len(self.values[name]) for name in self.NAMES]
         self.span = self.sizes[2] * self.sizes[3]
+        keys = self.span * self.sizes[0] * self.sizes[1]
+        self.dtype = np.int32 if keys < np.iinfo(np.int32).max else np.int64
 
     def _code(self, name: str, column) -> np.ndarray:
         found = pc.index_in(column, value_set=self.values[name])
@@ -599,7 +602,7 @@ class _KeySpace:
             key *= size
             key += code
         key[unknown] = -1
-        return key
+        return key.astype(self.dtype, copy=False)
 
     def decode(self, key: int) -> dict:
         """The (device, sensor, bucket_us, model_version) values of one key, as one-row arrays."""
@@ -717,7 +720,7 @@ def _chunk_keys(ctx: AppContext, run: records.Run, chunk) -> tuple[_KeySpace, np
                 for name, found in seen.items()
             }
         )
-        keys = np.empty(file.metadata.num_rows, dtype=np.int64)
+        keys = np.empty(file.metadata.num_rows, dtype=space.dtype)
         at = 0
         for part in in_window():
             found = space.encode(part)
