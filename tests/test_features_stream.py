@@ -1,8 +1,8 @@
 """Reading a window's features on PostgreSQL through COPY gives exactly the driver's rows.
 
-``shared.features.stream_features`` reads PostgreSQL with ``COPY (query) TO STDOUT`` in CSV,
-parsed by Arrow (2-3x faster than the driver's rows); every other engine steps the driver's
-cursor. Both must give the same tables: the same rows, ids and bit-identical floats, partitions
+``shared.features.stream_features`` reads PostgreSQL with a binary ``COPY`` of one row per
+sensor, the text of its rows as CSV lines made by the server, parsed by Arrow (4-5x faster
+than the driver's rows); every other engine steps the driver's cursor. Both must give the same tables: the same rows, ids and bit-identical floats, partitions
 of whole sensors, whatever the ids (quotes, commas, newlines, non-ASCII) and values (extremes,
 many digits).
 """
@@ -19,7 +19,13 @@ import sqlalchemy as sa
 
 from shared.db import migrate
 from shared.db.schema import aggregate_widths, bucket_aggregates  # widths: 60 by migration
-from shared.features import features_query, features_table, sensor_bounds, stream_features
+from shared.features import (
+    _binary_copy_texts,
+    features_query,
+    features_table,
+    sensor_bounds,
+    stream_features,
+)
 from tests.conftest import fresh_postgres_url
 
 T0 = datetime(2026, 3, 1)
@@ -97,3 +103,36 @@ def test_copy_stream_with_a_sensor_filter_and_nothing_in_the_window(pg_engine):
         empty = list(stream_features(conn, later, later + timedelta(hours=1), 60))
     assert got.equals(expected) and got.num_rows > 0
     assert empty == []
+
+
+def _binary_copy(texts: list[bytes]) -> bytes:
+    """PostgreSQL's binary COPY format around one text field per row."""
+    out = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+    for text in texts:
+        out += (1).to_bytes(2, "big") + len(text).to_bytes(4, "big") + text
+    return out + (-1).to_bytes(2, "big", signed=True)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_binary_copy_rows_are_read_whatever_the_message_boundaries(seed):
+    """libpq hands a row per message, the header with the first one; the reader must not depend
+    on that: any split of the stream gives the same rows, and nothing after the end counts."""
+    rng = random.Random(seed)
+    texts = [b"", b'"d,1","s",1,2,3.5,,1e300\n', "é\n".encode() * 50, b"\x00\xff" * 3]
+    texts *= rng.randint(1, 4)
+    stream = _binary_copy(texts)
+    cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(1, 40))))
+    messages = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    assert list(_binary_copy_texts(iter([*messages, b"ignored after the end"]))) == texts
+    assert list(_binary_copy_texts(iter([stream]))) == texts
+
+
+def test_binary_copy_refuses_what_it_cannot_read():
+    with pytest.raises(ValueError, match="not a binary COPY"):
+        list(_binary_copy_texts(iter([b"x" * 40])))
+    two_fields = _binary_copy([b"a"]).replace(b"\x00\x01\x00\x00\x00\x01a", b"\x00\x02")
+    with pytest.raises(ValueError, match="2 fields"):
+        list(_binary_copy_texts(iter([two_fields])))
+    null = _binary_copy([]).replace(b"\xff\xff", b"\x00\x01\xff\xff\xff\xff\xff\xff")
+    with pytest.raises(ValueError, match="null"):
+        list(_binary_copy_texts(iter([null])))
