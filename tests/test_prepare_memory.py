@@ -5,7 +5,7 @@ the second 10,000 (50 chunks). ``prepare_run`` of each runs in a fresh child pro
 reports how far its peak RSS (VmHWM, reset just before via /proc/self/clear_refs) rose above its
 RSS before preparing. Holding the window (as ``fetchall()`` did) costs ~600 bytes per bucket
 row, so the 10x fleet would add ~300 MiB; streamed, both stay at about one read partition plus
-one chunk.
+two chunks (one being written on a background thread while the next is read).
 
 Readings go through the ingestion store, as the Event Hubs function stores them. The registry
 rows (a model set, a model and an active version per sensor) are inserted directly: preparation
@@ -167,3 +167,41 @@ else:
     pytestmark = pytest.mark.skipif(
         not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc"
     )
+
+
+def test_chunks_are_written_in_order_one_at_a_time_and_a_writers_error_comes_out(monkeypatch):
+    """``prepare._ChunkWriter`` writes on a background thread while the next chunk is read: the
+    chunks keep their order and numbers, no more than one is in flight, and an error of the
+    writer (storage down) fails the preparation instead of being lost on the thread."""
+    import threading
+    import time
+
+    from shared.runs import prepare
+
+    written, in_flight, lock = [], [0], threading.Lock()
+
+    def slow_write(ctx, run, index, members, refs, rows):
+        with lock:
+            in_flight[0] += 1
+            assert in_flight[0] == 1, "two chunks written at once"
+        time.sleep(0.01)
+        if members == ["boom"]:
+            in_flight[0] -= 1
+            raise OSError("storage down")
+        written.append((index, list(members)))
+        with lock:
+            in_flight[0] -= 1
+
+    monkeypatch.setattr(prepare, "_write_chunk", slow_write)
+    with prepare._ChunkWriter(None, None, [], []) as writer:
+        for i in range(5):
+            writer.write([f"chunk {i}"])
+    assert written == [(i, [f"chunk {i}"]) for i in range(5)]
+
+    with (
+        pytest.raises(OSError, match="storage down"),
+        prepare._ChunkWriter(None, None, [], []) as writer,
+    ):
+        writer.write(["boom"])
+        writer.write(["never written"])
+    assert len(written) == 5

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -46,7 +47,8 @@ class Prepared:
 
 
 def prepare_run(ctx: AppContext, run: Run) -> Prepared:
-    """Stream the window from SQL into chunks: memory holds one chunk and one read partition.
+    """Stream the window from SQL into chunks: memory holds two chunks (one being written, on a
+    background thread) and one read partition.
 
     The aggregation is read from a server-side cursor in partitions of whole sensors
     (``stream_features``); each partition's active models are looked up for its sensors alone
@@ -66,7 +68,11 @@ def prepare_run(ctx: AppContext, run: Run) -> Prepared:
     without_model: list[tuple[str, str]] = []
     members: list[tuple[pa.Table, ActiveModel]] = []
     n_sensors = 0
-    with ctx.engine.connect() as conn, ctx.engine.connect() as lookup:
+    with (
+        ctx.engine.connect() as conn,
+        ctx.engine.connect() as lookup,
+        _ChunkWriter(ctx, run, chunk_refs, chunk_rows) as writer,
+    ):
         stream = stream_features(
             conn,
             context_start,
@@ -101,14 +107,15 @@ def prepare_run(ctx: AppContext, run: Run) -> Prepared:
                 members.append((table.slice(a, b - a), model))
                 n_sensors += 1
                 if len(members) == per_chunk:
-                    _write_chunk(ctx, run, len(chunk_refs), members, chunk_refs, chunk_rows)
+                    writer.write(members)
                     members = []
             timings["write_chunks"] += time.perf_counter() - started
+        started = time.perf_counter()
         if members:
-            started = time.perf_counter()
-            _write_chunk(ctx, run, len(chunk_refs), members, chunk_refs, chunk_rows)
+            writer.write(members)
             members = []
-            timings["write_chunks"] += time.perf_counter() - started
+        writer.wait()
+        timings["write_chunks"] += time.perf_counter() - started
 
     with ctx.engine.begin() as conn:
         # Idempotent: preparing the same run again replaces its chunk rows and no-model list.
@@ -136,6 +143,44 @@ def prepare_run(ctx: AppContext, run: Run) -> Prepared:
                 ],
             )
     return Prepared(chunk_refs, n_sensors, without_model, timings)
+
+
+class _ChunkWriter:
+    """Writes chunks on one background thread while the next is read and grouped.
+
+    Parquet encoding, compression and the upload release the GIL, so writing one chunk
+    overlaps reading the next from SQL. At most one chunk is in flight: ``write`` waits for the previous one first, so memory
+    holds two chunks at most, whatever the fleet; chunks are written in order, and an error
+    of the writer comes out of the next ``write`` or ``wait``.
+    """
+
+    def __init__(self, ctx: AppContext, run: Run, refs: list[ChunkRef], rows: list[dict]):
+        self.ctx, self.run, self.refs, self.rows = ctx, run, refs, rows
+        self.n_chunks = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-writer")
+        self._pending: Future | None = None
+
+    def write(self, members: list[tuple[pa.Table, ActiveModel]]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(
+            _write_chunk, self.ctx, self.run, self.n_chunks, members, self.refs, self.rows
+        )
+        self.n_chunks += 1
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> _ChunkWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_chunk(
