@@ -10,9 +10,10 @@ before via /proc/self/clear_refs) rose above its RSS before recording.
 
 Before issue 12 recording built a Python tuple per row (~700 bytes) and joined the keys as
 strings with Arrow: the growth went from 73 to 241 MiB on SQLite, 71 to 228 on PostgreSQL. Now
-the rows are written a slice at a time and the checks keep integer codes of the keys: 67 -> 66
-and 68 -> 84 MiB. What still grows with the file is its bytes and the keys' codes (~150 bytes
-a row at 1.44 M rows, see bench/bench_recording.py).
+the rows are written a slice at a time, the file is checked 50,000 rows at a time keeping one
+integer code per row, and only the chunk file's key columns are read (by ranged reads). What
+still grows with the file is its bytes (handed over by the host) and those codes, 4-8 bytes a
+row (see bench/bench_recording.py).
 """
 
 from __future__ import annotations
