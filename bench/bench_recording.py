@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -240,6 +241,7 @@ def main() -> int:
         azurite.stop()
         if postgres is not None:
             postgres.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # Azurite's data and the SQLite file: GBs
     result = {
         "engine": args.engine,
         "sensors": args.sensors,

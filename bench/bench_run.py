@@ -34,6 +34,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -282,6 +283,7 @@ def main() -> int:
         azurite.stop()
         if postgres is not None:
             postgres.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # Azurite's data and the SQLite file: GBs
     buckets = args.minutes * 60 // Settings.from_env(env).bucket_seconds
     result = {
         "engine": args.engine,

@@ -2,9 +2,9 @@
 
 ``shared.features.stream_features`` reads PostgreSQL with a binary ``COPY`` of one row per
 sensor, the text of its rows as CSV lines made by the server, parsed by Arrow (4-5x faster
-than the driver's rows); every other engine steps the driver's cursor. Both must give the same tables: the same rows, ids and bit-identical floats, partitions
-of whole sensors, whatever the ids (quotes, commas, newlines, non-ASCII) and values (extremes,
-many digits).
+than the driver's rows); every other engine steps the driver's cursor. Both must give the
+same tables: the same rows, ids and bit-identical floats, partitions of whole sensors,
+whatever the ids (quotes, commas, newlines, non-ASCII) and values (extremes, many digits).
 """
 
 from __future__ import annotations

@@ -149,9 +149,9 @@ class _ChunkWriter:
     """Writes chunks on one background thread while the next is read and grouped.
 
     Parquet encoding, compression and the upload release the GIL, so writing one chunk
-    overlaps reading the next from SQL. At most one chunk is in flight: ``write`` waits for the previous one first, so memory
-    holds two chunks at most, whatever the fleet; chunks are written in order, and an error
-    of the writer comes out of the next ``write`` or ``wait``.
+    overlaps reading the next from SQL. At most one chunk is in flight: ``write`` waits for
+    the previous one first, so memory holds two chunks at most, whatever the fleet; chunks are
+    written in order, and an error of the writer comes out of the next ``write`` or ``wait``.
     """
 
     def __init__(self, ctx: AppContext, run: Run, refs: list[ChunkRef], rows: list[dict]):
