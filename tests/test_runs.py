@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import sqlalchemy as sa
 
 from shared.blobs import predictions_blob
@@ -245,3 +246,48 @@ def test_unreadable_chunk_fails_that_chunk_through_the_blob_trigger(ctx):
     ]
     assert err["chunk_id"] == "c00001" and "could not be read" in err["reason"]
     assert isinstance(prepared.chunks[0], ChunkRef)
+
+
+def test_concurrent_recordings_of_a_runs_chunks_count_each_other(ctx):
+    """The host records several predictions files at once (host.json's blob parallelism; the
+    local host does too, except on SQLite). Two chunks of one run recorded in overlapping
+    transactions: the second's recount must wait for the first's commit and count it, or the
+    run would stay in ``scoring`` with every chunk recorded. Chunk rows are marked recorded
+    by hand here, as recording's transaction does before it recounts."""
+    import threading
+    import time
+
+    if ctx.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite takes one writer at a time: the two cannot overlap")
+    settings = ctx.settings
+    sc = scenario.build(ctx, devices=2, sensors=2)
+    ctx.settings = type(settings)(**{**settings.__dict__, "sensors_per_chunk": 2})
+    run, _ = start_run(ctx, sc.window, "cli")
+    assert run.n_chunks == 2 and run.status == records.SCORING
+
+    def mark_recorded(conn, chunk_id):
+        conn.execute(
+            sa.update(run_chunks)
+            .where(run_chunks.c.run_id == run.run_id, run_chunks.c.chunk_id == chunk_id)
+            .values(status=records.CHUNK_RECORDED, n_predictions=1)
+        )
+
+    first = ctx.engine.connect()
+    first_tx = first.begin()
+    mark_recorded(first, "c00000")
+    records.refresh_counts(first, run.run_id)  # holds the run's row until it commits
+
+    def second():
+        with ctx.engine.begin() as conn:
+            mark_recorded(conn, "c00001")
+            records.refresh_counts(conn, run.run_id)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.5)  # the second transaction reaches its recount meanwhile
+    first_tx.commit()
+    first.close()
+    thread.join(30)
+    assert not thread.is_alive()
+    run = records.get_run(ctx.engine, run.run_id)
+    assert (run.n_chunks_recorded, run.status) == (2, records.COMPLETED)

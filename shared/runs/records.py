@@ -293,7 +293,19 @@ def run_errors_of(engine: Engine, run_id: str, limit: int = 200) -> list[dict[st
 
 def refresh_counts(conn: Connection, run_id: str) -> Run:
     """Recompute a run's counts from its chunks (idempotent: safe under duplicate deliveries)
-    and finish it when every chunk is in."""
+    and finish it when every chunk is in.
+
+    The run's row is locked first, so concurrent recordings of a run's chunks (the host runs
+    several blob-trigger calls at once) count one after another, each after the previous one
+    committed: counted before the lock, the last two could each miss the other's chunk and
+    leave a run with every chunk recorded stuck in ``scoring``. (FOR UPDATE; UPDLOCK on SQL
+    Server; SQLite takes one writer at a time and ignores it.)"""
+    conn.execute(
+        select(runs.c.run_id)
+        .where(runs.c.run_id == run_id)
+        .with_for_update()
+        .with_hint(runs, "WITH (UPDLOCK, ROWLOCK)", dialect_name="mssql")
+    )
     totals = conn.execute(
         select(
             func.count().label("chunks"),
