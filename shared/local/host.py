@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import azure.functions as func
@@ -79,14 +80,23 @@ def deliver_predictions(
     ctx: AppContext, run_id: str | None = None, seen: set[str] | None = None
 ) -> list[str]:
     """Deliver every predictions blob (of a run, or all) not in ``seen`` to the blob trigger,
-    as Event Grid would after each upload; returns the names delivered."""
+    as Event Grid would after each upload; returns the names delivered.
+
+    Like the host, up to ``extensions.blobs.maxDegreeOfParallelism`` (host.json) calls run at
+    once, on threads of this process (the Python worker runs sync functions on a thread pool):
+    recording is mostly the database taking a COPY, which concurrent calls overlap. On SQLite,
+    which takes one writer at a time, they run one after another. A failing call is raised
+    once the others are done; what was recorded stays in ``seen``."""
     container = ctx.settings.predictions_container
     prefix = f"runs/{run_id}/" if run_id else "runs/"
     record = user_function("record_predictions")
-    delivered = []
-    for name in ctx.store.list(container, prefix):
-        if not name.endswith(PREDICTIONS_SUFFIX) or (seen is not None and name in seen):
-            continue
+    names = [
+        name
+        for name in ctx.store.list(container, prefix)
+        if name.endswith(PREDICTIONS_SUFFIX) and (seen is None or name not in seen)
+    ]
+
+    def deliver(name: str) -> str:
         data = ctx.store.download(container, name)
         etag = ctx.store.etag(container, name)
         record(
@@ -98,19 +108,34 @@ def deliver_predictions(
                 blob_properties={"ETag": etag},
             )
         )
-        delivered.append(name)
         if seen is not None:
             seen.add(name)
-    return delivered
+        return name
+
+    workers = 1 if ctx.engine.dialect.name == "sqlite" else _blob_parallelism()
+    if workers == 1 or len(names) < 2:
+        return [deliver(name) for name in names]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blob-trigger") as pool:
+        calls = [pool.submit(deliver, name) for name in names]
+    return [call.result() for call in calls]
 
 
-def _queue_options() -> dict:
-    """``extensions.queues`` of host.json: what the host's queue listener obeys."""
+def _blob_parallelism() -> int:
+    """``extensions.blobs.maxDegreeOfParallelism`` of host.json (1 when absent)."""
+    return max(1, int(_host_extensions().get("blobs", {}).get("maxDegreeOfParallelism", 1)))
+
+
+def _host_extensions() -> dict:
     import json
     from pathlib import Path
 
     host = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_text())
-    return host.get("extensions", {}).get("queues", {})
+    return host.get("extensions", {})
+
+
+def _queue_options() -> dict:
+    """``extensions.queues`` of host.json: what the host's queue listener obeys."""
+    return _host_extensions().get("queues", {})
 
 
 def _seconds(timespan: str) -> int:
