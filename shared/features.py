@@ -314,9 +314,9 @@ def _binary_copy_texts(copy) -> Iterator[bytes]:
             if len(buffer) - at < 6:
                 break
             size = int.from_bytes(buffer[at + 2 : at + 6], "big", signed=True)
-            if size < 0 or len(buffer) - at < 6 + size:
-                if size < 0:
-                    raise ValueError("a null sensor text in a binary COPY")
+            if size < 0:
+                raise ValueError("a null sensor text in a binary COPY")
+            if len(buffer) - at < 6 + size:
                 break
             yield buffer[at + 6 : at + 6 + size]
             at += 6 + size
