@@ -207,10 +207,10 @@ class BlobStore:
     def download(self, container: str, name: str) -> bytes:
         return self.client.get_blob_client(container, name).download_blob().readall()
 
-    def open(self, container: str, name: str) -> RangedBlob:
+    def open(self, container: str, name: str, keep: bool = False) -> RangedBlob:
         """The blob as a read-only, seekable file that fetches only the bytes read (see
         :class:`RangedBlob`); ``ResourceNotFoundError`` when there is no such blob."""
-        return RangedBlob(self.client.get_blob_client(container, name))
+        return RangedBlob(self.client.get_blob_client(container, name), keep=keep)
 
     def download_to(self, container: str, name: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,11 +249,14 @@ class RangedBlob(io.RawIOBase):
     For readers that need a few parts of a large blob, such as a Parquet reader wanting the
     footer and a few columns: only those bytes cross the network and sit in memory. Every read
     is conditioned on the ETag the blob had when opened, so a blob overwritten meanwhile fails
-    the read (``ResourceModifiedError``) instead of mixing two versions' bytes.
+    the read (``ResourceModifiedError``) instead of mixing two versions' bytes. ``keep``: the
+    ranges read are kept, so a second pass over the same parts (the same offset and length) is
+    served from memory; they are that one version's bytes, so they stay valid.
     """
 
-    def __init__(self, client):
+    def __init__(self, client, keep: bool = False):
         self._client = client
+        self._kept: dict[tuple[int, int], bytes] | None = {} if keep else None
         properties = client.get_blob_properties()
         self.size = int(properties.size)
         self.etag = properties.etag
@@ -280,13 +283,17 @@ class RangedBlob(io.RawIOBase):
         length = min(len(buffer), self.size - self._at)
         if length <= 0:
             return 0
-        data = self._client.download_blob(
-            offset=self._at,
-            length=length,
-            etag=self.etag,
-            match_condition=MatchConditions.IfNotModified,
-        ).readall()
+        data = self._kept.get((self._at, length)) if self._kept is not None else None
+        if data is None:
+            data = self._client.download_blob(
+                offset=self._at,
+                length=length,
+                etag=self.etag,
+                match_condition=MatchConditions.IfNotModified,
+            ).readall()
+            self.fetched += len(data)
+            if self._kept is not None:
+                self._kept[(self._at, length)] = data
         buffer[: len(data)] = data
         self._at += len(data)
-        self.fetched += len(data)
         return len(data)

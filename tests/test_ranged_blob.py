@@ -49,6 +49,13 @@ def test_reading_a_few_columns_fetches_only_their_bytes(store):
     expected = pq.read_table(io.BytesIO(data), columns=["device", "bucket"])
     assert keys.equals(expected)
     assert 0 < source.fetched < len(data) / 10, (source.fetched, len(data))
+    # Kept: a second pass over the same columns reads nothing more from storage.
+    kept = store.open(container, "chunk.parquet", keep=True)
+    first = pq.ParquetFile(kept, pre_buffer=False)
+    assert first.read(columns=["device", "bucket"]).equals(expected)
+    fetched = kept.fetched
+    assert first.read(columns=["device", "bucket"]).equals(expected)
+    assert kept.fetched == fetched
     # Whole, it is the same bytes.
     whole = store.open(container, "chunk.parquet")
     assert whole.read() == data and whole.fetched == len(data)

@@ -673,11 +673,13 @@ def _chunk_keys(ctx: AppContext, run: records.Run, chunk) -> tuple[_KeySpace, np
     """The key space of the chunk file's in-window rows and their keys, sorted.
 
     Read in two passes of ``CHECK_SLICE_ROWS`` rows over the file's key columns (the distinct
-    values, then the codes), fetched by ranged reads: only those columns' bytes and 8 bytes a
-    row are held."""
+    values, then the codes), fetched once by ranged reads (the second pass reads what the
+    first kept): only those columns' bytes and 4-8 bytes a row are held."""
     settings = ctx.settings
     what = f"chunk file {chunk.blob_path} (needed to check the predictions)"
-    source = _storage_read(lambda: ctx.store.open(settings.chunks_container, chunk.blob_path), what)
+    source = _storage_read(
+        lambda: ctx.store.open(settings.chunks_container, chunk.blob_path, keep=True), what
+    )
     epoch = np.datetime64(0, "us")
     start = int((np.datetime64(run.window.start, "us") - epoch).astype(np.int64))
     end = int((np.datetime64(run.window.end, "us") - epoch).astype(np.int64))
